@@ -1,0 +1,177 @@
+"""Load, validate and resolve the workflow configuration.
+
+The schema at ``workflow/schemas/config.schema.yaml`` is the one source of defaults. ``resolve``
+fills them in, rejects unknown keys and out-of-range values with a message naming the key, merges
+each variant's overrides into the base config and validates the merged result the same way.
+
+Used by the Snakefile at parse time, so this module imports nothing heavy::
+
+    from caopd.config import resolve
+    resolved = resolve(config)          # {"base": {...}, "variants": {name: full config}}
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+#: Names a variant may not take: they are Snakemake rule names of the workflow.
+RESERVED_VARIANT_NAMES = frozenset(
+    {
+        "all",
+        "tracking_store",
+        "prepare_data",
+        "base_model",
+        "rollouts",
+        "targets",
+        "rewrite",
+        "distill",
+        "eval_rollouts",
+        "evaluate",
+        "plots",
+        "index",
+        "compare",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and what to change."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills ``default`` values of absent properties while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # noqa: ANN001
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError, where: str) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        keys = ", ".join(
+            f"'{_key_path(error) + '.' if error.absolute_path else ''}{k}'" for k in extra
+        )
+        return f"{where}: unknown key {keys}; allowed here: {', '.join(allowed)}"
+    return f"{where}: key '{_key_path(error)}': {error.message}"
+
+
+def validate(config: dict[str, Any], *, where: str = "config", schema: Mapping | None = None) -> dict:
+    """Fill defaults into ``config`` (in place) and validate it; raise :class:`ConfigError`."""
+    schema = load_schema() if schema is None else schema
+    validator = _Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("\n".join(_describe(e, where) for e in errors))
+    _check_combinations(config, where)
+    return config
+
+
+def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
+    """Cross-field rules the schema cannot express."""
+    tiny = cfg.get("model", {}).get("tiny", {})
+    if tiny and tiny["hidden_size"] % tiny["num_heads"]:
+        raise ConfigError(
+            f"{where}: key 'model.tiny.hidden_size' ({tiny['hidden_size']}) must be a multiple of "
+            f"'model.tiny.num_heads' ({tiny['num_heads']})"
+        )
+    if tiny and tiny["num_heads"] % tiny["num_kv_heads"]:
+        raise ConfigError(
+            f"{where}: key 'model.tiny.num_heads' ({tiny['num_heads']}) must be a multiple of "
+            f"'model.tiny.num_kv_heads' ({tiny['num_kv_heads']})"
+        )
+    ev = cfg.get("evaluation", {})
+    if ev and ev["greedy"] and ev["n_samples"] != 1:
+        raise ConfigError(
+            f"{where}: key 'evaluation.n_samples' is {ev['n_samples']} but 'evaluation.greedy' is "
+            "true; set greedy: false for sampled evaluation, or n_samples: 1"
+        )
+    task = cfg.get("task", {})
+    if task and task["name"] != "arith":
+        if not task["paths"]["eval"]:
+            raise ConfigError(
+                f"{where}: key 'task.paths.eval' is required for task '{task['name']}'"
+            )
+    weights = task.get("arith", {}).get("level_weights") if task else None
+    if weights is not None and len(weights) != len(task["arith"]["levels"]):
+        raise ConfigError(
+            f"{where}: key 'task.arith.level_weights' has {len(weights)} entries but "
+            f"'task.arith.levels' has {len(task['arith']['levels'])}"
+        )
+    distill = cfg.get("distill", {})
+    if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is not None:
+        if task["sizes"]["train"] < distill["rounds"]:
+            raise ConfigError(
+                f"{where}: key 'task.sizes.train' ({task['sizes']['train']}) is smaller than "
+                f"'distill.rounds' ({distill['rounds']}): every round needs at least one prompt"
+            )
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in recursively (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate ``config`` and every variant; return ``{"base": cfg, "variants": {name: cfg}}``.
+
+    Each variant's config is the base config (as written, before defaults) with the variant's
+    overrides merged in, then validated and defaulted; it has no ``variants`` key.
+    """
+    raw = copy.deepcopy(dict(config))
+    base = validate(copy.deepcopy(raw), where="config")
+    variants: dict[str, dict[str, Any]] = {}
+    raw_without_variants = {k: v for k, v in raw.items() if k != "variants"}
+    for name, overrides in base["variants"].items():
+        if name in RESERVED_VARIANT_NAMES:
+            raise ConfigError(
+                f"config: variant name '{name}' is a rule name of the workflow; rename it "
+                f"(reserved: {', '.join(sorted(RESERVED_VARIANT_NAMES))})"
+            )
+        if "variants" in (overrides or {}):
+            raise ConfigError(f"config: key 'variants.{name}.variants': variants do not nest")
+        merged = deep_merge(raw_without_variants, overrides or {})
+        merged["variants"] = {name: {}}
+        resolved = validate(merged, where=f"variant '{name}'")
+        del resolved["variants"]
+        variants[name] = resolved
+    return {"base": base, "variants": variants}
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and :func:`resolve` it."""
+    with open(path, encoding="utf-8") as fh:
+        return resolve(yaml.safe_load(fh) or {})

@@ -1,0 +1,42 @@
+"""The per-variant index: ``results/index/<variant>.json``, the human handle on the keyed store.
+
+``{"variant": name, "stages": [{"stage", "round", "key", "path", "mlflow_run_id"}, ...],
+"metrics": path of the variant's metrics.json (once evaluation exists), "mlflow_run_id": parent run}``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from caopd.store import read_json, verify_artifact, write_json
+
+
+def build_index(variant: str, stages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Index body from the variant's stage table; every artifact is verified on the way."""
+    entries = []
+    metrics = None
+    for stage in stages:
+        manifest = verify_artifact(stage["path"])
+        entries.append({**stage, "mlflow_run_id": manifest.get("mlflow_run_id")})
+        if stage["stage"] == "evaluate":
+            candidate = Path(stage["path"]) / "metrics.json"
+            metrics = str(candidate) if candidate.is_file() else None
+    return {"variant": variant, "stages": entries, "metrics": metrics}
+
+
+def write_index(variant: str, stages: Sequence[Mapping[str, Any]], out: str | Path,
+                tracking: Mapping[str, Any] | None) -> dict[str, Any]:
+    index = build_index(variant, stages)
+    index["mlflow_run_id"] = None
+    write_json(out, index)
+    if tracking is not None:
+        from caopd.tracking import log_variant
+
+        metrics = read_json(index["metrics"]) if index["metrics"] else None
+        index["mlflow_run_id"] = log_variant(
+            tracking["uri"], tracking["experiment"], variant, index, metrics, out
+        )
+        write_json(out, index)
+    return index

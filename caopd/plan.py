@@ -1,0 +1,290 @@
+"""The stage plan: every artifact's key, computed at parse time before anything runs (DESIGN §4).
+
+::
+
+    key(stage) = sha256(canonical_json({
+        "stage": name,
+        "params": the resolved config subtree the stage reads,
+        "code": fingerprint of the source files the stage runs,
+        "upstream": {role: key of that input},
+    }))[:16]
+
+``build_plan(resolved_config, root)`` returns, per variant, the ordered list of
+:class:`StageSpec` (one per artifact) that the Snakemake rules look up by key. This module is
+imported by the Snakefile: it must stay free of torch, mlflow and the task modules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KEY_LENGTH = 16
+
+#: Source files (or directories of ``*.py``) each stage runs, relative to the repository root.
+#: Editing any of them changes that stage's key and so the keys of everything downstream.
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "prepare_data": ("caopd/data.py", "caopd/tasks", "workflow/scripts/prepare_data.py"),
+    "base_model": ("caopd/models", "caopd/tasks", "workflow/scripts/base_model.py"),
+    "rollouts": ("caopd/rollouts", "workflow/scripts/rollouts.py"),
+    "targets": (
+        "caopd/targets.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/targets.py",
+    ),
+    "rewrite": (
+        "caopd/rewrite.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/rewrite.py",
+    ),
+    "distill": ("caopd/training", "workflow/scripts/distill.py"),
+    "eval_rollouts": ("caopd/rollouts", "workflow/scripts/eval_rollouts.py"),
+    "evaluate": (
+        "caopd/evaluation/metrics.py",
+        "caopd/evaluation/bootstrap.py",
+        "caopd/evaluation/summary.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/evaluate.py",
+    ),
+    "plots": ("caopd/evaluation/plots.py", "caopd/reporting.py", "workflow/scripts/plots.py"),
+}
+
+STAGES: tuple[str, ...] = tuple(STAGE_CODE)
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the byte string keys are hashed from."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def code_fingerprint(entries: Sequence[str], root: str | Path) -> str:
+    """sha256 over (relative path, sha256 of content) of every ``*.py`` file the entries name.
+
+    A directory entry covers its ``*.py`` files recursively; an entry that does not exist
+    contributes a ``missing`` marker (so creating it later changes the fingerprint).
+    """
+    root = Path(root)
+    items: list[tuple[str, str]] = []
+    for entry in entries:
+        path = root / entry
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
+            items.extend((p.relative_to(root).as_posix(), sha256_file(p)) for p in files)
+        elif path.is_file():
+            items.append((entry, sha256_file(path)))
+        else:
+            items.append((entry, "missing"))
+    return hashlib.sha256(canonical_json(items).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def dataset_fingerprint(path: str) -> dict[str, Any]:
+    """What of a raw data source enters the data key: file hashes of a local path, else the id."""
+    p = Path(path)
+    if p.is_file():
+        return {"path": path, "files": {p.name: sha256_file(p)}}
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return {"path": path, "files": {f.relative_to(p).as_posix(): sha256_file(f) for f in files}}
+    return {"hub_id": path}
+
+
+def model_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
+    """What of a non-tiny starting model enters the base-model key.
+
+    A local directory is described by its file names, sizes and modification times (hashing
+    tens of GB at parse time is too slow); the job records full sha256s in its manifest. A hub
+    id is described by the id and the pinned revision.
+    """
+    p = Path(source)
+    if p.exists():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return {
+            "path": str(p),
+            "files": {
+                f.relative_to(p).as_posix(): [f.stat().st_size, int(f.stat().st_mtime)] for f in files
+            },
+        }
+    return {"hub_id": source, "revision": revision}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One artifact: its stage, round, params, code fingerprint, upstream keys and key."""
+
+    stage: str
+    round: int | None
+    params: dict[str, Any]
+    code: str
+    upstream: dict[str, str]  # role -> key
+    upstream_stage: dict[str, str] = field(default_factory=dict)  # role -> stage name
+
+    @property
+    def preimage(self) -> dict[str, Any]:
+        return {"stage": self.stage, "params": self.params, "code": self.code, "upstream": self.upstream}
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(canonical_json(self.preimage).encode()).hexdigest()[:KEY_LENGTH]
+
+    @property
+    def path(self) -> str:
+        return f"results/{self.stage}/{self.key}"
+
+    def input_paths(self) -> dict[str, str]:
+        return {role: f"results/{self.upstream_stage[role]}/{key}" for role, key in self.upstream.items()}
+
+    @property
+    def seed(self) -> int:
+        """The stage's random seed, derived from its key (so the key reproduces the artifact)."""
+        return int(self.key[:8], 16) % (2**31 - 1)
+
+
+@dataclass
+class VariantPlan:
+    """All artifacts of one variant in DAG order, and the model it finally evaluates."""
+
+    name: str
+    stages: list[StageSpec]
+
+    def get(self, stage: str, round: int | None = None) -> StageSpec:
+        for spec in self.stages:
+            if spec.stage == stage and spec.round == round:
+                return spec
+        raise KeyError(f"variant '{self.name}' has no stage {stage!r} round {round!r}")
+
+
+def round_slices(n_train: int, rounds: int) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) index ranges of the training prompts for rounds 1..R."""
+    return [((r * n_train) // rounds, ((r + 1) * n_train) // rounds) for r in range(rounds)]
+
+
+def _spec(stage: str, rnd: int | None, params: dict, root: Path, **upstream: StageSpec) -> StageSpec:
+    return StageSpec(
+        stage=stage,
+        round=rnd,
+        params=params,
+        code=code_fingerprint(STAGE_CODE[stage], root),
+        upstream={role: up.key for role, up in upstream.items()},
+        upstream_stage={role: up.stage for role, up in upstream.items()},
+    )
+
+
+def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> VariantPlan:
+    """The artifacts of one resolved variant config, in DAG order."""
+    root = Path(root)
+    task = dict(cfg["task"])
+    task["sources"] = {split: dataset_fingerprint(p) for split, p in task["paths"].items() if p}
+    data = _spec("prepare_data", None, {"seed": cfg["seed"], "task": task}, root)
+
+    model_params: dict[str, Any] = {"seed": cfg["seed"], "source": cfg["model"]["source"]}
+    if cfg["model"]["source"] == "tiny":
+        model_params["tiny"] = cfg["model"]["tiny"]
+    else:
+        model_params["origin"] = model_fingerprint(cfg["model"]["source"], cfg["model"]["revision"])
+    base = _spec("base_model", None, model_params, root)
+
+    stages = [data, base]
+    student = base
+    rounds = cfg["distill"]["rounds"]
+    n_train = cfg["task"]["sizes"]["train"]
+    k = cfg["rollouts"]["k"]
+    if rounds and n_train is None:
+        raise ValueError("task.sizes.train must be set when distill.rounds > 0")
+    slices = round_slices(n_train, rounds) if rounds else []
+    schedule = {
+        "examples_per_round": [(stop - start) * k for start, stop in slices],
+        "rounds": rounds,
+    }
+    for r, (start, stop) in enumerate(slices, start=1):
+        roll = _spec(
+            "rollouts",
+            r,
+            {"rollouts": cfg["rollouts"], "round": r, "slice": [start, stop]},
+            root,
+            data=data,
+            model=student,
+        )
+        targets = _spec("targets", r, {"task": cfg["task"]["name"], "round": r}, root, data=data, rollouts=roll)
+        rewrite = _spec(
+            "rewrite",
+            r,
+            {"rewrite": cfg["rewrite"], "task": cfg["task"]["name"], "round": r},
+            root,
+            data=data,
+            rollouts=roll,
+            targets=targets,
+            tokenizer=base,
+        )
+        distill = _spec(
+            "distill",
+            r,
+            {"distill": cfg["distill"], "round": r, "schedule": schedule},
+            root,
+            examples=rewrite,
+            student=student,
+        )
+        stages += [roll, targets, rewrite, distill]
+        student = distill
+
+    generation = {key: cfg["evaluation"][key] for key in ("greedy", "n_samples", "temperature", "max_new_tokens", "batch_size")}
+    eval_roll = _spec("eval_rollouts", None, {"evaluation": generation, "split": "eval"}, root, data=data, model=student)
+    scoring = {key: cfg["evaluation"][key] for key in ("n_bins", "bootstrap")}
+    evaluate = _spec(
+        "evaluate", None, {"evaluation": scoring, "task": cfg["task"]["name"]}, root, data=data, rollouts=eval_roll
+    )
+    plot_inputs = {"evaluate": evaluate}
+    for spec in stages:
+        if spec.stage in ("targets", "distill"):
+            plot_inputs[f"{spec.stage}_{spec.round}"] = spec
+    plots = _spec("plots", None, {"variant_rounds": rounds}, root, **plot_inputs)
+    stages += [eval_roll, evaluate, plots]
+    return VariantPlan(name=name, stages=stages)
+
+
+@dataclass
+class Plan:
+    """Every variant's artifacts, plus a lookup from (stage, key) to the spec that makes it."""
+
+    variants: dict[str, VariantPlan]
+    by_key: dict[tuple[str, str], StageSpec]
+
+    def spec(self, stage: str, key: str) -> StageSpec:
+        try:
+            return self.by_key[(stage, key)]
+        except KeyError:
+            raise KeyError(
+                f"no artifact results/{stage}/{key} in the plan of the current config; "
+                "keys change with the config and the code (see results/index/*.json)"
+            ) from None
+
+
+def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> Plan:
+    """Plan every variant of a :func:`caopd.config.resolve` result."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    variants = {name: plan_variant(name, cfg, root) for name, cfg in resolved["variants"].items()}
+    by_key: dict[tuple[str, str], StageSpec] = {}
+    for vplan in variants.values():
+        for spec in vplan.stages:
+            by_key.setdefault((spec.stage, spec.key), spec)
+    return Plan(variants=variants, by_key=by_key)
+
+
+def repo_root_from_env() -> Path:
+    """The repository whose sources are fingerprinted (``CAOPD_ROOT`` overrides, for tests)."""
+    return Path(os.environ.get("CAOPD_ROOT", Path(__file__).resolve().parent.parent))
