@@ -1,0 +1,250 @@
+"""``arith``: the embedded default task, seeded multiple-choice arithmetic with visible levels.
+
+Cheap enough for a tiny model to learn on a CPU, and graded in difficulty so that the empirical
+accuracy P_acc of a prompt spreads over (0, 1) (DESIGN §5).
+
+Levels (the level is written at the start of the question, ``Level 3. What is 47 + 85?``):
+
+=====  ==  ==========  ==========
+level  op  a           b
+=====  ==  ==========  ==========
+1      +   0 - 9       0 - 9
+2      +   10 - 99     0 - 9
+3      +   10 - 99     10 - 99
+4      *   2 - 9       10 - 99
+5      *   10 - 99     10 - 99
+=====  ==  ==========  ==========
+
+Options: four non-negative integers, the result and three distinct distractors. Distractors are
+near misses ``result ± d`` with ``d`` in ``{1, 2, 10, 20}`` for ``+`` and ``{1, 2, 10, a, b}`` for
+``*`` (a factor off by one), negative values excluded. The number ``k`` of distractors below the
+result is drawn uniformly from what the candidates allow (0–3 away from tiny results), the
+distractors uniformly from each side, so the correct value is not simply the median option.
+The correct letter is uniform over A–D; the distractors fill the other letters in random order.
+
+Question (the single user turn; the tiny model has no system message)::
+
+    Level {L}. What is {a} {op} {b}?
+    A) {x}
+    B) {y}
+    C) {z}
+    D) {w}
+    Answer with the letter of the correct option as <answer>X</answer>.
+
+    Confidence: your confidence level (0.0-1.0) ...
+
+Demonstration: ``{a} {op} {b} = {result}\\n<answer>{letter}</answer>``.
+
+Determinism: every draw comes from one ``random.Random(seed)`` per call of :func:`generate`.
+Uniqueness: two examples are the same question when their question texts are equal, i.e. the
+same ``(a, op, b)`` AND the same options in the same order (the level follows from ``(a, op,
+b)``). So a split never repeats a question and splits never share one, but the same sum with
+different options may occur in two splits; level 1 has only 100 ``(a, b)`` pairs.
+
+Splits (:meth:`ArithTask.load_splits`): ``eval`` is drawn first with
+``split_seed(seed, "eval")``, then ``val`` excluding eval's questions, then ``train`` excluding
+both, so the evaluation set does not depend on the train or val sizes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from caopd.tasks.base import Example
+from caopd.tasks.mcq import LETTERS, extract_letter, verify_letter
+from caopd.tasks.prompts import with_confidence_instruction
+from caopd.tasks.splits import split_seed
+
+# level -> (op, range of a, range of b), ranges inclusive
+LEVELS: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {
+    1: ("+", (0, 9), (0, 9)),
+    2: ("+", (10, 99), (0, 9)),
+    3: ("+", (10, 99), (10, 99)),
+    4: ("*", (2, 9), (10, 99)),
+    5: ("*", (10, 99), (10, 99)),
+}
+ADD_DELTAS = (1, 2, 10, 20)
+MUL_DELTAS = (1, 2, 10)  # plus a and b
+
+
+def _check_levels(levels: Sequence[int], level_weights: Sequence[float] | None) -> None:
+    if not levels:
+        raise ValueError("arith: levels is empty; choose some of 1-5")
+    unknown = [level for level in levels if level not in LEVELS]
+    if unknown:
+        raise ValueError(f"arith: unknown levels {unknown}; known levels are {sorted(LEVELS)}")
+    if level_weights is not None:
+        if len(level_weights) != len(levels):
+            raise ValueError(
+                f"arith: {len(level_weights)} level_weights for {len(levels)} levels"
+            )
+        if any(not w >= 0 for w in level_weights) or sum(level_weights) <= 0:
+            raise ValueError(
+                f"arith: level_weights must be non-negative with a positive sum, got "
+                f"{list(level_weights)}"
+            )
+
+
+def _distractors(result: int, a: int, b: int, op: str, rng: random.Random) -> list[int]:
+    deltas = set(ADD_DELTAS) if op == "+" else set(MUL_DELTAS) | {a, b}
+    below = sorted({result - d for d in deltas if result - d >= 0})
+    above = sorted({result + d for d in deltas})
+    k = rng.randint(max(0, 3 - len(above)), min(3, len(below)))
+    return rng.sample(below, k) + rng.sample(above, 3 - k)
+
+
+def _draw(level: int, rng: random.Random, example_id: str) -> Example:
+    op, (a_lo, a_hi), (b_lo, b_hi) = LEVELS[level]
+    a = rng.randint(a_lo, a_hi)
+    b = rng.randint(b_lo, b_hi)
+    result = a + b if op == "+" else a * b
+    distractors = _distractors(result, a, b, op, rng)
+    rng.shuffle(distractors)
+    correct = rng.randrange(4)
+    options = distractors[:correct] + [result] + distractors[correct:]
+    letter = LETTERS[correct]
+    listed = "\n".join(f"{L}) {value}" for L, value in zip(LETTERS, options))
+    question = with_confidence_instruction(
+        f"Level {level}. What is {a} {op} {b}?\n{listed}\n"
+        "Answer with the letter of the correct option as <answer>X</answer>."
+    )
+    return Example(
+        id=example_id,
+        messages=[{"role": "user", "content": question}],
+        question=question,
+        demonstration=f"{a} {op} {b} = {result}\n<answer>{letter}</answer>",
+        ground_truth=letter,
+        level=level,
+        meta={"a": a, "b": b, "op": op, "result": result, "options": options},
+    )
+
+
+def generate(
+    n: int,
+    *,
+    seed: int,
+    levels: Sequence[int],
+    level_weights: Sequence[float] | None = None,
+    split: str = "train",
+    exclude: set[str] | None = None,
+) -> list[Example]:
+    """``n`` distinct arithmetic questions, ids ``arith-{split}-{i:06d}``.
+
+    Args:
+        n: number of examples.
+        seed: seeds the one ``random.Random`` every draw comes from.
+        levels: levels to draw from (module docstring).
+        level_weights: relative weights of ``levels`` (``None``: uniform).
+        split: only names the ids.
+        exclude: question texts (:attr:`Example.question`) that must not be drawn, e.g. the
+            questions of the other splits.
+
+    Raises:
+        ValueError: bad levels or weights, or the level space is exhausted (``n`` distinct
+            non-excluded questions not found within ``20 * n + 10000`` draws).
+    """
+    if n < 0:
+        raise ValueError(f"arith: n must be non-negative, got {n}")
+    _check_levels(levels, level_weights)
+    rng = random.Random(seed)
+    taken = set(exclude or ())
+    examples: list[Example] = []
+    max_draws = 20 * n + 10_000
+    draws = 0
+    while len(examples) < n:
+        if draws >= max_draws:
+            raise ValueError(
+                f"arith: found only {len(examples)} of {n} distinct questions for split "
+                f"{split!r} at levels {list(levels)} after {draws} draws "
+                f"({len(exclude or ())} excluded); the level space is exhausted: ask for fewer "
+                "examples or add harder levels"
+            )
+        draws += 1
+        level = rng.choices(list(levels), weights=level_weights)[0]
+        example = _draw(level, rng, f"arith-{split}-{len(examples):06d}")
+        if example.question in taken:
+            continue
+        taken.add(example.question)
+        examples.append(example)
+    return examples
+
+
+def response(
+    example: Example,
+    *,
+    answer_letter: str,
+    confidence: float | None,
+    with_work: bool = True,
+) -> str:
+    """A well-formed model response to an arith ``example`` (the tiny model's warm-up text).
+
+    ``"{a} {op} {b} = {value}\\n<answer>{letter}</answer>\\nConfidence: {confidence:.2f}"``
+    where ``value`` is the option behind ``answer_letter`` (the result when the letter is right,
+    the distractor's value when it is wrong). ``with_work=False`` drops the first line;
+    ``confidence=None`` drops the last.
+    """
+    letter = answer_letter.strip().upper()
+    if letter not in LETTERS:
+        raise ValueError(
+            f"example {example.id!r}: answer_letter must be A-D, got {answer_letter!r}"
+        )
+    lines = []
+    if with_work:
+        meta = example.meta
+        value = meta["options"][LETTERS.index(letter)]
+        lines.append(f"{meta['a']} {meta['op']} {meta['b']} = {value}")
+    lines.append(f"<answer>{letter}</answer>")
+    if confidence is not None:
+        if not 0.0 <= confidence <= 1.0:
+            raise ValueError(
+                f"example {example.id!r}: confidence must be in [0, 1], got {confidence!r}"
+            )
+        lines.append(f"Confidence: {confidence:.2f}")
+    return "\n".join(lines)
+
+
+class ArithTask:
+    """The ``arith`` task: generated splits and the shared multiple-choice verifier."""
+
+    name: ClassVar[str] = "arith"
+    version: ClassVar[str] = "1"
+
+    def verify(self, completion: str, ground_truth: str) -> bool:
+        """True when the last ``<answer>`` letter of ``completion`` is ``ground_truth``."""
+        return verify_letter(completion, ground_truth)
+
+    def extract_answer(self, completion: str) -> str | None:
+        """The last ``<answer>`` letter (A-D) of ``completion``, or ``None``."""
+        return extract_letter(completion)
+
+    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+        """Mutually disjoint ``train``/``val``/``eval`` splits.
+
+        Args:
+            options: the ``task`` config subtree; reads ``sizes.{train,val,eval}`` (integers)
+                and ``arith.levels`` / ``arith.level_weights``; ``paths`` is ignored.
+            seed: the run seed; split ``s`` is generated with ``split_seed(seed, s)``, in the
+                order eval, val, train (module docstring).
+        """
+        sizes = options["sizes"]
+        arith = options["arith"]
+        levels = list(arith["levels"])
+        weights = arith.get("level_weights")
+        splits: dict[str, list[Example]] = {}
+        taken: set[str] = set()
+        for split in ("eval", "val", "train"):
+            n = sizes[split]
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise ValueError(f"task.sizes.{split} must be an integer for arith, got {n!r}")
+            splits[split] = generate(
+                n,
+                seed=split_seed(seed, split),
+                levels=levels,
+                level_weights=weights,
+                split=split,
+                exclude=taken,
+            )
+            taken.update(example.question for example in splits[split])
+        return {split: splits[split] for split in ("train", "val", "eval")}
