@@ -1,0 +1,237 @@
+"""The ``caopd`` command line.
+
+Subcommands:
+
+``caopd evaluate PREDICTIONS --task {arith,science,tooluse} [--out metrics.json]
+[--n-bins 10] [--bootstrap 1000] [--seed 0]``
+    Verify and score a file of model responses and print the calibration metrics (DESIGN §8)
+    as JSON; ``--out`` also writes them (atomically). Example::
+
+        caopd evaluate preds.jsonl --task science --out metrics.json
+        python -m caopd.cli evaluate preds.jsonl --task science     # without the entry point
+
+    PREDICTIONS is JSONL (one object per line; blank lines are skipped) or one JSON list of
+    objects. Each row needs a response and a ground truth; the first key present is used:
+
+    - response: ``response``, ``output``, ``completion``, ``generated_text`` (a string);
+    - ground truth: ``ground_truth``, ``answer``, ``golden_answer``, ``label``. A string is
+      used as is. The reference ``run_eval_*.py`` lists are accepted: ``[{"Answer": "B"}]``
+      (chemistry) becomes ``"B"``, a list of ``{"Action", "Action_Input"}`` (tool use)
+      becomes its ``json.dumps``.
+    - optional ``prompt_id`` (or ``question_id``): when present on every row, rows sharing it
+      are one question for the bootstrap (several samples per question).
+
+    A row lacking either field is an error naming its line (JSONL) or index (JSON list) and
+    the keys it has; the exit status is then 2.
+
+Adding a subcommand: write ``_add_<name>(subparsers)`` that registers its parser with
+``set_defaults(handler=...)`` (a function ``args -> exit status``) and append it to
+:data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SUBCOMMANDS", "PredictionsError", "build_parser", "load_predictions", "main"]
+
+RESPONSE_KEYS = ("response", "output", "completion", "generated_text")
+TRUTH_KEYS = ("ground_truth", "answer", "golden_answer", "label")
+GROUP_KEYS = ("prompt_id", "question_id")
+
+
+class PredictionsError(ValueError):
+    """A predictions file cannot be read (names the file and the line or row)."""
+
+
+def _truth_to_str(value: Any, where: str) -> str:
+    """Canonical ground-truth string from a row's truth value (see the module docstring)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and "Answer" in value:
+        return str(value["Answer"]).strip()
+    if isinstance(value, list):
+        if not value:
+            raise PredictionsError(f"{where}: the ground truth is an empty list")
+        first = value[0]
+        if isinstance(first, dict) and "Answer" in first:
+            return str(first["Answer"]).strip()
+        return json.dumps(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise PredictionsError(
+        f"{where}: cannot use a ground truth of type {type(value).__name__}: {value!r}"
+    )
+
+
+def _read_rows(path: Path) -> list[tuple[str, Any]]:
+    """``(where, row)`` pairs from a JSONL file or a JSON list; ``where`` names line or index."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise PredictionsError(f"cannot read predictions {path}: {err}") from err
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise PredictionsError(f"{path}: not valid JSON: {err}") from err
+        return [(f"{path} row {i}", row) for i, row in enumerate(data)]
+    rows: list[tuple[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {lineno}"
+        try:
+            rows.append((where, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise PredictionsError(f"{where}: not valid JSON: {err}") from err
+    return rows
+
+
+def load_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[Any] | None]:
+    """Read a predictions file.
+
+    Returns:
+        ``(responses, ground_truths, groups)``: ``n`` response strings, ``n`` canonical
+        ground-truth strings, and the per-row question ids when every row has a
+        ``prompt_id``/``question_id`` (else ``None``).
+
+    Raises:
+        PredictionsError: unreadable file, invalid JSON, a row that is not an object, lacks
+            a response or ground truth, or has one of the wrong type; no rows at all.
+    """
+    path = Path(path)
+    responses: list[str] = []
+    truths: list[str] = []
+    groups: list[Any] = []
+    for where, row in _read_rows(path):
+        if not isinstance(row, dict):
+            raise PredictionsError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        response_key = next((k for k in RESPONSE_KEYS if k in row), None)
+        truth_key = next((k for k in TRUTH_KEYS if k in row), None)
+        if response_key is None or truth_key is None:
+            lacking = "a response" if response_key is None else "a ground truth"
+            wanted = RESPONSE_KEYS if response_key is None else TRUTH_KEYS
+            raise PredictionsError(
+                f"{where}: no {lacking} (one of {list(wanted)}); keys found: {sorted(row)}"
+            )
+        response = row[response_key]
+        if not isinstance(response, str):
+            raise PredictionsError(
+                f"{where}: {response_key!r} must be a string, got {type(response).__name__}"
+            )
+        responses.append(response)
+        truths.append(_truth_to_str(row[truth_key], where))
+        group_key = next((k for k in GROUP_KEYS if k in row), None)
+        groups.append(None if group_key is None else json.dumps(row[group_key], sort_keys=True))
+    if not responses:
+        raise PredictionsError(f"{path}: no rows")
+    has_groups = all(g is not None for g in groups)
+    return responses, truths, (groups if has_groups else None)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _task_names() -> list[str]:
+    from caopd.tasks import TASKS
+
+    return sorted(TASKS)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from caopd.evaluation.summary import score_rows, summarize
+
+    try:
+        responses, truths, groups = load_predictions(args.predictions)
+    except PredictionsError as err:
+        print(f"caopd evaluate: error: {err}", file=sys.stderr)
+        return 2
+    scored = score_rows(responses, truths, args.task)
+    metrics = summarize(
+        scored, n_bins=args.n_bins, n_resamples=args.bootstrap, seed=args.seed, groups=groups
+    )
+    body = {"task": args.task, "predictions": str(args.predictions), **metrics}
+    text = json.dumps(body, indent=2)
+    print(text)
+    if args.out is not None:
+        _write_atomic(Path(args.out), text + "\n")
+    return 0
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a predictions file and print calibration metrics as JSON",
+        description=(
+            "Verify each response with the task's verifier, parse its confidence and print "
+            "accuracy, ECE, Brier, SPR, AUROC, ... with bootstrap 95% intervals. Rows: "
+            f"response in one of {list(RESPONSE_KEYS)}, ground truth in one of "
+            f"{list(TRUTH_KEYS)}."
+        ),
+    )
+    parser.add_argument("predictions", type=Path, help="JSONL file or JSON list of rows")
+    parser.add_argument(
+        "--task", required=True, choices=_task_names(), help="task whose verifier to use"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the metrics JSON here")
+    parser.add_argument("--n-bins", type=_positive_int, default=10, help="ECE bins (default 10)")
+    parser.add_argument(
+        "--bootstrap", type=_non_negative_int, default=1000,
+        help="bootstrap resamples for the 95%% intervals; 0 skips them (default 1000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+# Each entry registers one subcommand on the `caopd` parser.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``caopd`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="caopd", description="CaOPD command line")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in SUBCOMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``caopd`` command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
