@@ -1,0 +1,1 @@
+"""Training math for the distill stage: divergences, the chunked loss, the EMA teacher."""
