@@ -1,0 +1,95 @@
+"""Stages rollouts(r) and eval_rollouts: prompts of a prepared split through a rollout engine.
+
+``sample_rollouts`` serves both: training rollouts take round r's slice of the train split with
+K samples at temperature 1 (DESIGN §3); evaluation takes the eval split, greedy by default. The
+output is ``rollouts.parquet`` in the schema of :class:`caopd.rollouts.engine.RolloutRecord`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from caopd.data import read_split
+from caopd.models.base import model_dir
+from caopd.rollouts.engine import SamplingConfig, make_engine, write_rollouts
+
+ROLLOUTS_FILE = "rollouts.parquet"
+
+
+def sample_rollouts(
+    *,
+    data_dir: str | Path,
+    model_artifact: str | Path,
+    split: str,
+    sampling: SamplingConfig,
+    engine: str,
+    seed: int,
+    out: str | Path,
+    start: int = 0,
+    stop: int | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Sample ``sampling.n`` completions for prompts ``[start, stop)`` of ``split``; write them."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    examples = read_split(data_dir, split)[start:stop]
+    if not examples:
+        raise ValueError(f"{data_dir}/{split}.jsonl has no prompts in [{start}, {stop})")
+    prompts = [(ex.id, ex.messages) for ex in examples]
+    eng = make_engine(engine, str(model_dir(model_artifact)), **dict(engine_options or {}))
+    began = time.perf_counter()
+    records = eng.generate(prompts, sampling, seed)
+    seconds = time.perf_counter() - began
+    write_rollouts(records, Path(out) / ROLLOUTS_FILE)
+    n_tokens = sum(len(r.completion_token_ids) for r in records)
+    return {
+        "split": split,
+        "n_prompts": len(prompts),
+        "n_rollouts": len(records),
+        "n_completion_tokens": n_tokens,
+        "share_length_capped": sum(r.finish_reason == "length" for r in records) / len(records),
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
+                      threads: int = 1) -> dict[str, Any]:
+    """Rollouts(r): K samples per prompt of the round's slice from the current student."""
+    cfg = params["rollouts"]
+    start, stop = params["slice"]
+    sampling = SamplingConfig(
+        n=cfg["k"],
+        temperature=cfg["temperature"],
+        top_p=cfg["top_p"],
+        max_new_tokens=cfg["max_new_tokens"],
+        batch_size=cfg["batch_size"],
+    )
+    options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
+    return sample_rollouts(
+        data_dir=inputs["data"], model_artifact=inputs["model"], split="train", sampling=sampling,
+        engine=cfg["engine"], seed=seed, out=out, start=start, stop=stop, engine_options=options,
+        threads=threads,
+    )
+
+
+def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
+                        threads: int = 1) -> dict[str, Any]:
+    """eval_rollouts: the final model's answers on the eval split (greedy by default)."""
+    cfg = params["evaluation"]
+    sampling = SamplingConfig(
+        n=cfg["n_samples"],
+        temperature=cfg["temperature"],
+        greedy=cfg["greedy"],
+        max_new_tokens=cfg["max_new_tokens"],
+        batch_size=cfg["batch_size"],
+    )
+    return sample_rollouts(
+        data_dir=inputs["data"], model_artifact=inputs["model"], split=params["split"], sampling=sampling,
+        engine="hf", seed=seed, out=out, threads=threads,
+    )
