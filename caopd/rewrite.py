@@ -1,0 +1,574 @@
+"""Stage rewrite(r): the round's training examples as token ids (DESIGN §1 step 3).
+
+One training example per rollout. With ``calibration: true`` (CaOPD) the confidence is replaced
+in three places:
+
+- the student's completion: its sampled token ids are cut before the FIRST confidence label and
+  ``Confidence: {P_acc:.2f}`` plus EOS is appended (:func:`rewrite_completion_ids`). The kept
+  prefix is the sampled ids themselves, never decoded and re-encoded (the reference's token
+  drift, DESIGN §2);
+- the teacher's demonstration (or verified solution): its ``Confidence: 1.00`` becomes
+  ``Confidence: {P_acc:.2f}``;
+- the note before the teacher's closing instruction
+  (:func:`caopd.tasks.prompts.teacher_messages` builds both teacher replacements).
+
+With ``calibration: false`` (plain SDFT) the completion is the sampled ids untouched, EOS
+included, and the teacher shows ``Confidence: 1.00`` with no note.
+
+The teacher sees the student's completion after its own (privileged) prompt: the SAME completion
+ids follow both prompts. Prompts are truncated from the left to their own limits
+(``max_prompt_length`` for the student, ``max_teacher_prompt_length`` for the teacher: the
+reference cut the teacher's prompt to the student's limit, DESIGN §2); completions from the
+right to ``max_completion_length``.
+
+Output directory of :func:`run_rewrite`: ``examples.parquet`` (:data:`EXAMPLE_COLUMNS`, sorted by
+``(prompt_id, sample_index)``, byte-deterministic) and ``preview.jsonl`` (the first
+:data:`PREVIEW_ROWS` examples decoded, for reading).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from caopd.confidence import find_confidence_span, format_confidence
+from caopd.tasks.base import Example
+from caopd.tasks.prompts import teacher_messages
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import pandas as pd
+    import pyarrow as pa
+
+    from caopd.rollouts.engine import RolloutRecord
+
+EXAMPLES_FILE = "examples.parquet"
+PREVIEW_FILE = "preview.jsonl"
+PREVIEW_ROWS = 20
+
+EXAMPLE_COLUMNS = (
+    "prompt_id",
+    "sample_index",
+    "student_input_ids",
+    "student_prompt_len",
+    "teacher_input_ids",
+    "teacher_prompt_len",
+    "completion_len",
+    "p_acc",
+    "stated_confidence",
+    "correct",
+    "rewritten",
+)
+
+# What a byte-level decoder shows for an incomplete UTF-8 sequence at the end of a prefix.
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """The ``rewrite`` config subtree (defaults live in the workflow's config schema).
+
+    Attributes:
+        calibration: True = CaOPD (P_acc rewrites); False = plain SDFT.
+        teacher_mode: ``"demo"`` shows the dataset demonstration; ``"correct_solution"`` shows
+            one of the prompt's own verified rollouts (paper App. C.3).
+        fallback: what ``correct_solution`` does for a prompt without a correct rollout:
+            ``"demo"`` shows the dataset demonstration in the same template, ``"skip"`` drops
+            the prompt's examples.
+        max_prompt_length: student prompt tokens kept (the last ones).
+        max_teacher_prompt_length: teacher prompt tokens kept (the last ones).
+        max_completion_length: completion tokens kept (the first ones).
+    """
+
+    calibration: bool
+    teacher_mode: Literal["demo", "correct_solution"]
+    fallback: Literal["demo", "skip"]
+    max_prompt_length: int
+    max_teacher_prompt_length: int
+    max_completion_length: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.calibration, bool):
+            raise ValueError(
+                "rewrite.calibration must be true (CaOPD) or false (SDFT), "
+                f"got {self.calibration!r}"
+            )
+        if self.teacher_mode not in ("demo", "correct_solution"):
+            raise ValueError(
+                "rewrite.teacher_mode must be 'demo' or 'correct_solution', "
+                f"got {self.teacher_mode!r}"
+            )
+        if self.fallback not in ("demo", "skip"):
+            raise ValueError(f"rewrite.fallback must be 'demo' or 'skip', got {self.fallback!r}")
+        for name in ("max_prompt_length", "max_teacher_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"rewrite.{name} must be an integer >= 1 (tokens), got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any]) -> RewriteConfig:
+        """The config from the resolved ``rewrite`` subtree; every key required, none unknown."""
+        names = [f.name for f in fields(cls)]
+        missing = [name for name in names if name not in cfg]
+        unknown = sorted(set(cfg) - set(names))
+        if missing or unknown:
+            raise ValueError(
+                f"rewrite config: missing keys {missing}, unknown keys {unknown}; expected {names} "
+                "(resolve the config through caopd.config first)"
+            )
+        return cls(**{name: cfg[name] for name in names})
+
+
+# --- token-level completion rewrite --------------------------------------------------------------
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    """``ids`` as text the way rollout texts are made: special tokens skipped, no space clean-up."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _strip_stop_ids(tokenizer: Any, ids: Sequence[int]) -> list[int]:
+    """``ids`` without trailing EOS / pad ids (all of them, if padding repeats)."""
+    stop = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+    kept = [int(i) for i in ids]
+    while kept and kept[-1] in stop:
+        kept.pop()
+    return kept
+
+
+def _longest_prefix(tokenizer: Any, ids: list[int], target: str) -> int:
+    """The largest ``j`` such that ``decode(ids[:j])`` is a prefix of ``target``.
+
+    Precondition: ``decode(ids)`` extends past ``target`` (the label follows it), so ``j <
+    len(ids)``. Binary search on "the decoded prefix, an incomplete trailing UTF-8 character
+    aside, is no longer a prefix of ``target``", which holds from the token that crosses the cut
+    on; then a short step back past prefixes ending inside a multi-byte character. O(log n)
+    decodes; the result always satisfies the property, also for an unusual decoder.
+    """
+    lo, hi = 0, len(ids)  # past(lo) is False, past(hi) is True
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if target.startswith(_decode(tokenizer, ids[:mid]).rstrip(_REPLACEMENT_CHAR)):
+            lo = mid
+        else:
+            hi = mid
+    j = lo
+    while j > 0 and not target.startswith(_decode(tokenizer, ids[:j])):
+        j -= 1
+    return j
+
+
+def _drop_trailing_whitespace_tokens(tokenizer: Any, ids: list[int], j: int) -> int:
+    """The new end after dropping tokens at ``ids[:j]``'s end that add only whitespace."""
+    while j > 0:
+        before, after = _decode(tokenizer, ids[: j - 1]), _decode(tokenizer, ids[:j])
+        if after.startswith(before) and not after[len(before) :].strip():
+            j -= 1
+        else:
+            break
+    return j
+
+
+def cut_completion_ids(tokenizer: Any, completion_ids: Sequence[int]) -> list[int]:
+    """The sampled ids of a completion up to its FIRST confidence label, at the token level.
+
+    Steps: drop trailing EOS / pad ids; decode (special tokens skipped) and find the first label
+    with :func:`caopd.confidence.find_confidence_span`; keep the longest run of leading ids
+    ``ids[:j]`` whose decoding is a prefix of the text before the label (so a token straddling
+    the cut, e.g. ``" Conf"`` after ``"B."``, is dropped); then drop trailing tokens that add
+    only whitespace. A completion without a label keeps all its ids (minus trailing EOS / pad).
+
+    The returned ids are a prefix of ``completion_ids``: they are never decoded and re-encoded,
+    so a non-canonical tokenisation the model sampled survives unchanged.
+    """
+    ids = _strip_stop_ids(tokenizer, completion_ids)
+    text = _decode(tokenizer, ids)
+    span = find_confidence_span(text)
+    if span is None:
+        return ids
+    j = _longest_prefix(tokenizer, ids, text[: span[0]])
+    j = _drop_trailing_whitespace_tokens(tokenizer, ids, j)
+    return ids[:j]
+
+
+def confidence_suffix_ids(tokenizer: Any, p_acc: float, *, newline: bool = True) -> list[int]:
+    """Ids of ``"\\nConfidence: {p_acc:.2f}"`` (without the ``"\\n"`` if ``newline`` is False),
+    encoded on their own (no special tokens added)."""
+    text = ("\n" if newline else "") + "Confidence: " + format_confidence(p_acc)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def rewrite_completion_ids(
+    tokenizer: Any, completion_ids: Sequence[int], p_acc: float
+) -> list[int]:
+    """The CaOPD completion: cut ids + ``"\\nConfidence: {p_acc:.2f}"`` ids + ``[eos]``.
+
+    ``cut ids`` is :func:`cut_completion_ids` (sampled ids, never re-encoded). The suffix is
+    encoded on its own, so the boundary between the kept prefix and the suffix's ``"\\n"`` is a
+    fresh token boundary by construction (the kept prefix ends at a token boundary of the
+    sample, the suffix starts at one of its own encoding). The suffix leaves out its ``"\\n"``
+    when the kept text is empty or already ends with a newline: a tokenizer whose tokens absorb
+    a newline after punctuation (Qwen2's ``">\\n"``) keeps that token, and the label must still
+    start its own line once, not after a blank line. So the rewritten text is always the kept
+    text, one line break, ``Confidence: x``. A completion with no label (e.g. cut by
+    ``max_new_tokens``) keeps all its ids and still gets the suffix.
+
+    Raises:
+        ValueError: ``p_acc`` outside [0, 1] or NaN; the tokenizer has no EOS token.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            "the tokenizer has no eos_token_id; a rewritten completion must end with EOS"
+        )
+    kept = cut_completion_ids(tokenizer, completion_ids)
+    kept_text = _decode(tokenizer, kept)
+    newline = bool(kept_text) and not kept_text.endswith("\n")
+    suffix = confidence_suffix_ids(tokenizer, p_acc, newline=newline)
+    return kept + suffix + [int(tokenizer.eos_token_id)]
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """``messages`` rendered by the chat template with the generation prompt, then encoded
+    without adding special tokens (the template writes its own)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def solution_text(rollout_text: str) -> str:
+    """A verified rollout as shown to the teacher: cut before its first confidence label and
+    right-stripped (the same cut as the completion rewrite)."""
+    span = find_confidence_span(rollout_text)
+    return (rollout_text if span is None else rollout_text[: span[0]]).rstrip()
+
+
+def _left_truncate(ids: list[int], limit: int) -> tuple[list[int], bool]:
+    return (ids[-limit:], True) if len(ids) > limit else (ids, False)
+
+
+def _right_truncate(ids: list[int], limit: int) -> tuple[list[int], bool]:
+    return (ids[:limit], True) if len(ids) > limit else (ids, False)
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scored:
+    correct: bool
+    stated_confidence: float
+
+
+def _index_targets(
+    targets_per_prompt: pd.DataFrame, targets_per_rollout: pd.DataFrame
+) -> tuple[dict[str, float], dict[tuple[str, int], _Scored]]:
+    import pandas as pd
+
+    p_acc_of: dict[str, float] = {}
+    for prompt_id, value in zip(targets_per_prompt["prompt_id"], targets_per_prompt["p_acc"]):
+        if prompt_id in p_acc_of:
+            raise ValueError(
+                f"targets: prompt_id {prompt_id!r} appears twice in the per-prompt targets"
+            )
+        p_acc_of[str(prompt_id)] = float(value)
+    scored: dict[tuple[str, int], _Scored] = {}
+    for prompt_id, sample_index, correct, stated in zip(
+        targets_per_rollout["prompt_id"],
+        targets_per_rollout["sample_index"],
+        targets_per_rollout["correct"],
+        targets_per_rollout["stated_confidence"],
+    ):
+        stated_value = math.nan if pd.isna(stated) else float(stated)
+        scored[(str(prompt_id), int(sample_index))] = _Scored(bool(correct), stated_value)
+    return p_acc_of, scored
+
+
+def _group_rollouts(rollouts: Sequence[RolloutRecord]) -> dict[str, list[RolloutRecord]]:
+    groups: dict[str, list[RolloutRecord]] = {}
+    for record in sorted(rollouts, key=lambda r: (r.prompt_id, r.sample_index)):
+        group = groups.setdefault(record.prompt_id, [])
+        if group and group[-1].sample_index == record.sample_index:
+            raise ValueError(
+                f"duplicate rollout: prompt_id {record.prompt_id!r} sample {record.sample_index}"
+            )
+        group.append(record)
+    return groups
+
+
+def build_examples(
+    examples: Sequence[Example],
+    rollouts: Sequence[RolloutRecord],
+    targets_per_prompt: pd.DataFrame,
+    targets_per_rollout: pd.DataFrame,
+    tokenizer: Any,
+    cfg: Mapping[str, Any] | RewriteConfig,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The training examples of one round, one per rollout (module docstring).
+
+    Args:
+        examples: the split the rollouts were sampled from.
+        rollouts: the round's rollouts.
+        targets_per_prompt, targets_per_rollout: the frames of
+            :func:`caopd.targets.compute_targets` for these rollouts (P_acc per prompt;
+            ``correct`` and ``stated_confidence`` per rollout).
+        tokenizer: the student's tokenizer (chat template, EOS).
+        cfg: the ``rewrite`` config subtree or a :class:`RewriteConfig`.
+
+    Returns:
+        ``(rows, summary)``. ``rows`` sorted by ``(prompt_id, sample_index)``, each with
+        ``student_input_ids`` (student prompt + completion), ``student_prompt_len``,
+        ``teacher_input_ids`` (teacher prompt + the SAME completion ids),
+        ``teacher_prompt_len``, ``completion_len``, ``p_acc`` (always recorded, also in SDFT),
+        ``stated_confidence`` (NaN if none), ``correct``, ``rewritten`` (= calibration).
+        The student prompt is ``example.messages`` with the generation prompt; the teacher
+        prompt is :func:`caopd.tasks.prompts.teacher_messages` (``p_acc=None`` in SDFT); both
+        go through :func:`chat_ids`. In ``correct_solution`` mode the solution is the rollout
+        of the prompt with the lowest sample index among those the verifier accepted (and whose
+        text before the label is not empty), cut as in :func:`solution_text`.
+
+        ``summary``: ``n_examples``, ``n_prompts`` (with examples), ``n_fallback`` and
+        ``n_skipped`` (prompts without a correct rollout in ``correct_solution`` mode),
+        ``n_truncated_prompt``, ``n_truncated_teacher_prompt``, ``n_truncated_completion``
+        (examples cut to their limit), ``n_without_label`` (CaOPD completions that had no
+        confidence label and got the suffix appended), ``mean_completion_len`` (None with no
+        examples), ``calibration``, ``teacher_mode``, ``fallback``.
+
+    Raises:
+        ValueError: a rollout whose prompt_id has no example or no target, a rollout missing
+            from ``targets_per_rollout``, a rollout whose ``prompt_token_ids`` differ from the
+            student prompt rendered here (each named), duplicates, or a bad config.
+    """
+    config = cfg if isinstance(cfg, RewriteConfig) else RewriteConfig.from_mapping(cfg)
+    by_id: dict[str, Example] = {}
+    for example in examples:
+        if example.id in by_id:
+            raise ValueError(f"duplicate example id {example.id!r} in the prepared split")
+        by_id[example.id] = example
+    p_acc_of, scored = _index_targets(targets_per_prompt, targets_per_rollout)
+    groups = _group_rollouts(rollouts)
+
+    rows: list[dict[str, Any]] = []
+    counts = dict.fromkeys(
+        (
+            "n_fallback",
+            "n_skipped",
+            "n_truncated_prompt",
+            "n_truncated_teacher_prompt",
+            "n_truncated_completion",
+            "n_without_label",
+        ),
+        0,
+    )
+    n_prompts = 0
+    for prompt_id, group in groups.items():
+        example = by_id.get(prompt_id)
+        if example is None:
+            raise ValueError(
+                f"rollouts of prompt_id {prompt_id!r} have no example in the split: the rollouts "
+                "were sampled from another data artifact"
+            )
+        if prompt_id not in p_acc_of:
+            raise ValueError(f"prompt_id {prompt_id!r} has rollouts but no P_acc in the targets")
+        p_acc = p_acc_of[prompt_id]
+        group_scores = []
+        for record in group:
+            score = scored.get((prompt_id, record.sample_index))
+            if score is None:
+                raise ValueError(
+                    f"rollout prompt_id {prompt_id!r} sample {record.sample_index} is not in the "
+                    "scored rollouts of the targets artifact"
+                )
+            group_scores.append(score)
+
+        student_prompt = chat_ids(tokenizer, example.messages)
+        for record in group:
+            sampled_prompt = [int(i) for i in record.prompt_token_ids]
+            if sampled_prompt and sampled_prompt != student_prompt:
+                raise ValueError(
+                    f"prompt_id {prompt_id!r} sample {record.sample_index}: the rollout's "
+                    f"prompt_token_ids ({len(sampled_prompt)} ids) differ from the student prompt "
+                    f"rendered by this tokenizer's chat template ({len(student_prompt)} ids); the "
+                    "rollouts were sampled with another tokenizer, template or data"
+                )
+
+        solution = None
+        if config.teacher_mode == "correct_solution":
+            solution = next(
+                (
+                    text
+                    for record, score in zip(group, group_scores)
+                    if score.correct and (text := solution_text(record.text))
+                ),
+                None,
+            )
+            if solution is None:
+                if config.fallback == "skip":
+                    counts["n_skipped"] += 1
+                    continue
+                counts["n_fallback"] += 1
+                solution = example.demonstration
+        teacher_prompt = chat_ids(
+            tokenizer,
+            teacher_messages(
+                example,
+                mode=config.teacher_mode,
+                p_acc=p_acc if config.calibration else None,
+                solution=solution,
+            ),
+        )
+
+        student_prompt_kept, cut = _left_truncate(student_prompt, config.max_prompt_length)
+        teacher_prompt_kept, teacher_cut = _left_truncate(
+            teacher_prompt, config.max_teacher_prompt_length
+        )
+        n_prompts += 1
+        for record, score in zip(group, group_scores):
+            sampled = [int(i) for i in record.completion_token_ids]
+            if config.calibration:
+                if find_confidence_span(_decode(tokenizer, sampled)) is None:
+                    counts["n_without_label"] += 1
+                completion = rewrite_completion_ids(tokenizer, sampled, p_acc)
+            else:
+                completion = sampled
+            completion, completion_cut = _right_truncate(completion, config.max_completion_length)
+            counts["n_truncated_prompt"] += cut
+            counts["n_truncated_teacher_prompt"] += teacher_cut
+            counts["n_truncated_completion"] += completion_cut
+            rows.append(
+                {
+                    "prompt_id": prompt_id,
+                    "sample_index": int(record.sample_index),
+                    "student_input_ids": student_prompt_kept + completion,
+                    "student_prompt_len": len(student_prompt_kept),
+                    "teacher_input_ids": teacher_prompt_kept + completion,
+                    "teacher_prompt_len": len(teacher_prompt_kept),
+                    "completion_len": len(completion),
+                    "p_acc": p_acc,
+                    "stated_confidence": score.stated_confidence,
+                    "correct": score.correct,
+                    "rewritten": config.calibration,
+                }
+            )
+
+    summary: dict[str, Any] = {
+        "n_examples": len(rows),
+        "n_prompts": n_prompts,
+        **counts,
+        "mean_completion_len": (
+            sum(row["completion_len"] for row in rows) / len(rows) if rows else None
+        ),
+        "calibration": config.calibration,
+        "teacher_mode": config.teacher_mode,
+        "fallback": config.fallback,
+    }
+    return rows, summary
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def _examples_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            pa.field("prompt_id", pa.string(), nullable=False),
+            pa.field("sample_index", pa.int32(), nullable=False),
+            pa.field("student_input_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("student_prompt_len", pa.int32(), nullable=False),
+            pa.field("teacher_input_ids", pa.list_(pa.int32()), nullable=False),
+            pa.field("teacher_prompt_len", pa.int32(), nullable=False),
+            pa.field("completion_len", pa.int32(), nullable=False),
+            pa.field("p_acc", pa.float64(), nullable=False),
+            pa.field("stated_confidence", pa.float64()),
+            pa.field("correct", pa.bool_(), nullable=False),
+            pa.field("rewritten", pa.bool_(), nullable=False),
+        ]
+    )
+
+
+def write_examples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write ``rows`` (from :func:`build_examples`) as Parquet, sorted by
+    ``(prompt_id, sample_index)``; NaN ``stated_confidence`` is stored as null."""
+    from caopd.targets import write_table
+
+    ordered = sorted(rows, key=lambda row: (row["prompt_id"], row["sample_index"]))
+    columns = {name: [row[name] for row in ordered] for name in EXAMPLE_COLUMNS}
+    columns["stated_confidence"] = [
+        None if value != value else value for value in columns["stated_confidence"]
+    ]
+    return write_table(columns, _examples_schema(), path)
+
+
+def read_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of an ``examples.parquet`` (ids as ``list[int]``; null confidence as NaN)."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if row["stated_confidence"] is None:
+            row["stated_confidence"] = math.nan
+    return rows
+
+
+def preview_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Any, n: int = PREVIEW_ROWS
+) -> list[dict[str, Any]]:
+    """The first ``n`` rows decoded for reading (special tokens shown)."""
+    out = []
+    for row in rows[:n]:
+        student, teacher = row["student_input_ids"], row["teacher_input_ids"]
+        s_len, t_len = row["student_prompt_len"], row["teacher_prompt_len"]
+        out.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "sample_index": row["sample_index"],
+                "p_acc": row["p_acc"],
+                "correct": row["correct"],
+                "rewritten": row["rewritten"],
+                "student_prompt": tokenizer.decode(student[:s_len], skip_special_tokens=False),
+                "completion": tokenizer.decode(student[s_len:], skip_special_tokens=False),
+                "teacher_prompt": tokenizer.decode(teacher[:t_len], skip_special_tokens=False),
+            }
+        )
+    return out
+
+
+def run_rewrite(
+    data_dir: str | Path,
+    rollouts_dir: str | Path,
+    targets_dir: str | Path,
+    tokenizer_dir: str | Path,
+    out_dir: str | Path,
+    cfg: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The rewrite stage: build the round's examples and write them to ``out_dir``.
+
+    Reads the train split of ``data_dir``, ``rollouts_dir/rollouts.parquet``, the frames of
+    :func:`caopd.targets.run_targets` in ``targets_dir`` and the tokenizer at ``tokenizer_dir``
+    (``AutoTokenizer.from_pretrained``); writes ``examples.parquet`` and ``preview.jsonl``;
+    returns the summary of :func:`build_examples`.
+    """
+    from transformers import AutoTokenizer
+
+    from caopd.data import read_split
+    from caopd.rollouts.engine import read_rollouts
+    from caopd.targets import ROLLOUTS_FILE, read_targets
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    examples = read_split(data_dir, "train")
+    rollouts = read_rollouts(Path(rollouts_dir) / ROLLOUTS_FILE)
+    per_rollout, per_prompt = read_targets(targets_dir)
+    rows, summary = build_examples(examples, rollouts, per_prompt, per_rollout, tokenizer, cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_examples(rows, out_dir / EXAMPLES_FILE)
+    with open(out_dir / PREVIEW_FILE, "w", encoding="utf-8") as fh:
+        for preview in preview_rows(rows, tokenizer):
+            fh.write(json.dumps(preview, sort_keys=True, ensure_ascii=False) + "\n")
+    return summary
