@@ -1,0 +1,622 @@
+"""Stage distill(r): train the student on round r's examples against the EMA teacher (DESIGN §1.4).
+
+Per optimizer step (``grad_accum`` micro-batches of ``batch_size`` examples, over all processes):
+
+1. the micro-batches come from the round's step plan (:mod:`caopd.training.data`); the number of
+   loss tokens in the whole step, all micro-batches and all processes, is counted and
+   all-reduced BEFORE the first micro-batch, and each micro-batch back-propagates its summed
+   divergence divided by that count (:func:`~caopd.training.loss.normalise_by_tokens`);
+2. the teacher (no grad, eval mode) runs on ``teacher_input_ids``, the student on
+   ``student_input_ids``; the final hidden states at the positions predicting the completion
+   tokens are gathered and handed with the LM-head weights to
+   :func:`~caopd.training.loss.chunked_divergence_loss`, so B×T×V logits never exist; the first
+   ``skip_first_tokens`` completion tokens have weight 0;
+3. gradients are clipped to ``max_grad_norm``, AdamW steps on fp32 master weights, the LR
+   follows a cosine schedule with linear warmup over the optimizer steps of ALL rounds, and the
+   teacher's fp32 shadow moves ``ema_weight`` of the way to the student (``teacher: frozen``
+   never moves it).
+
+Precision: fp32 weights everywhere; on CUDA the forwards run under bf16 autocast (accelerate's
+``mixed_precision="bf16"`` for the student, ``accelerator.autocast()`` for the teacher); the
+divergence is always computed in fp32. On CPU everything is fp32 and two runs with the same seed
+write byte-identical ``student/model.safetensors``.
+
+Data parallelism: the same code runs under ``accelerate launch`` (see
+:mod:`caopd.training.launch`); each process takes its share of every global micro-batch, DDP
+averages gradients, only the main process writes. The training loop shards the plan itself
+rather than through a prepared ``DataLoader``: the loss normaliser needs the whole step's
+micro-batches before the first backward, a resumed run needs only the step counter to find its
+place, and accelerate's ``even_batches`` would repeat examples to even out the last batch.
+
+Checkpoints every ``checkpoint_every`` optimizer steps go to ``work_dir`` and a rerun resumes
+from the newest (:mod:`caopd.training.state`); on CPU the resumed run ends byte-identical to an
+uninterrupted one. Supported and tested: one process and CPU DDP (gloo). GPU DDP runs the same
+code. FSDP and DeepSpeed are refused for now: the EMA teacher, ``save_pretrained`` of the
+student and the optimizer checkpoints all assume that every process holds the whole unsharded
+student and optimizer state (sharded versions need ``accelerator.get_state_dict`` / ``save_state``
+and an EMA over parameter shards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from caopd.training.data import (
+    Batch,
+    Example,
+    collate,
+    load_examples,
+    round_step_plan,
+    shard,
+    steps_in_round,
+    total_optimizer_steps,
+)
+from caopd.training.ema import EmaTeacher
+from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
+from caopd.training.state import (
+    STATE,
+    STUDENT,
+    TEACHER,
+    TrainerState,
+    copy_tokenizer,
+    latest_checkpoint,
+    load_causal_lm,
+    load_training_state,
+    read_curves_json,
+    read_trainer_state,
+    save_training_state,
+    write_checkpoint,
+    write_curves_json,
+)
+
+log = logging.getLogger(__name__)
+
+CURVES_FILE = "curves.parquet"
+#: AdamW moments as in the reference trainer (TRL / HF ``adamw_torch`` defaults).
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The ``distill`` config subtree (defaults live in the workflow's config schema)."""
+
+    rounds: int
+    divergence: str
+    jsd_beta: float
+    teacher: str
+    ema_weight: float
+    skip_first_tokens: int
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    grad_accum: int
+    warmup_ratio: float
+    max_grad_norm: float
+    chunk_size: int
+    checkpoint_every: int
+
+    def __post_init__(self) -> None:
+        from caopd.training.divergence import get_divergence
+
+        get_divergence(self.divergence, self.jsd_beta)
+        if self.teacher not in ("ema", "frozen"):
+            raise ValueError(f"distill.teacher={self.teacher!r} must be 'ema' or 'frozen'")
+        if not 0.0 < self.ema_weight <= 1.0:
+            raise ValueError(f"distill.ema_weight={self.ema_weight} must lie in (0, 1]")
+        if not 0.0 < self.lr:
+            raise ValueError(f"distill.lr={self.lr} must be positive")
+        if not 0.0 <= self.warmup_ratio <= 1.0:
+            raise ValueError(f"distill.warmup_ratio={self.warmup_ratio} must lie in [0, 1]")
+        if self.weight_decay < 0 or not self.max_grad_norm > 0:
+            raise ValueError("distill.weight_decay must be >= 0 and distill.max_grad_norm > 0")
+        for name in ("epochs", "batch_size", "grad_accum", "chunk_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")
+        if self.skip_first_tokens < 0:
+            raise ValueError(f"distill.skip_first_tokens={self.skip_first_tokens} must be >= 0")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> DistillConfig:
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in params]
+        unknown = sorted(set(params) - set(names))
+        if missing or unknown:
+            raise ValueError(f"distill params: missing keys {missing}, unknown keys {unknown}")
+        return cls(**{n: params[n] for n in names})
+
+
+def check_round(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """``(round, schedule)`` from the stage params, checked against each other."""
+    r, schedule = params["round"], params["schedule"]
+    per_round = schedule["examples_per_round"]
+    if len(per_round) != schedule["rounds"] or not 1 <= r <= schedule["rounds"]:
+        raise ValueError(
+            f"round {r} of schedule {schedule}: needs 1 <= round <= rounds and one "
+            "examples_per_round entry per round"
+        )
+    if params["distill"]["rounds"] != schedule["rounds"]:
+        raise ValueError(
+            f"distill.rounds={params['distill']['rounds']} but the schedule has "
+            f"{schedule['rounds']} rounds"
+        )
+    return r, dict(schedule)
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """``ceil(warmup_ratio * total_steps)`` linear-warmup steps."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
+def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
+    """LR multiplier of the optimizer step with 0-based global index ``step``.
+
+    Linear warmup ``(step + 1) / n_warmup`` (the first step already trains), then cosine decay
+    ``0.5 · (1 + cos(π · progress))`` with ``progress = (step − n_warmup) / (total − n_warmup)``
+    clamped to [0, 1] (a round with more examples than planned stays at the end of the curve).
+    """
+    if step < n_warmup:
+        return (step + 1) / n_warmup
+    progress = min(1.0, (step - n_warmup) / max(1, total_steps - n_warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """:func:`lr_factor` as a ``LambdaLR`` lambda (an object, so its state is saved)."""
+
+    def __init__(self, total_steps: int, n_warmup: int) -> None:
+        self.total_steps = total_steps
+        self.n_warmup = n_warmup
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.total_steps, self.n_warmup)
+
+
+def build_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.AdamW:
+    """AdamW on the fp32 parameters; weight decay on matrices only (not norms or biases)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+
+
+def gather_positions(hidden: Tensor, positions: Tensor) -> Tensor:
+    """Rows ``positions`` of the flattened hidden states: Tensor[B, T, H], [N] -> Tensor[N, H]."""
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+
+
+class StudentObjective(nn.Module):
+    """The student plus the loss, so the LM head is used inside the (DDP-wrapped) forward.
+
+    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch.
+    """
+
+    def __init__(self, model: nn.Module, kind: str, beta: float, chunk_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.kind = kind
+        self.beta = beta
+        self.chunk_size = chunk_size
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Tensor,
+        teacher_hidden: Tensor,
+        teacher_head: Tensor,
+        teacher_bias: Tensor | None,
+        weights: Tensor,
+    ) -> tuple[Tensor, LossStats]:
+        """Shapes: ids/mask Tensor[B, T]; positions Tensor[N]; teacher_hidden Tensor[N, H_t];
+        teacher_head Tensor[V, H_t] (the teacher's LM-head weight), teacher_bias Tensor[V] or
+        None; weights Tensor[N]."""
+        out = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        )
+        head = self.model.get_output_embeddings()
+        return chunked_divergence_loss(
+            gather_positions(out.last_hidden_state, positions),
+            teacher_hidden,
+            head.weight,
+            teacher_head,
+            weights,
+            self.kind,
+            self.beta,
+            self.chunk_size,
+            student_bias=head.bias,
+            teacher_bias=teacher_bias,
+        )
+
+
+@torch.no_grad()
+def teacher_hidden_states(teacher: nn.Module, batch: Batch) -> Tensor:
+    """The teacher's final hidden states at the positions predicting the loss tokens: [N, H_t]."""
+    out = teacher.base_model(
+        input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask, use_cache=False
+    )
+    return gather_positions(out.last_hidden_state, batch.teacher_positions)
+
+
+def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The curve rows as parquet (fixed column order and types)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [("step", pa.int64()), ("round", pa.int64())]
+        + [(name, pa.float64()) for name in CURVE_FLOATS]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    pq.write_table(table, path)
+
+
+CURVE_FLOATS = (
+    "lr",
+    "loss",
+    "divergence",
+    "entropy",
+    "mean_p_acc",
+    "format_adherence",
+    "grad_norm",
+)
+
+
+@dataclass
+class _Run:
+    """The live objects of one distill run (built by :func:`_setup`)."""
+
+    accelerator: Any
+    cfg: DistillConfig
+    examples: list[Example]
+    plan: list
+    objective: nn.Module
+    teacher: nn.Module
+    ema: EmaTeacher | None
+    optimizer: Any
+    scheduler: Any
+    raw_optimizer: torch.optim.Optimizer
+    raw_scheduler: Any
+    progress: TrainerState
+    rows: list[dict[str, Any]]
+    resumed_from: int | None
+
+
+def _run_identity(params: Mapping[str, Any], seed: int, examples_path: Path) -> dict[str, Any]:
+    from caopd.plan import sha256_file
+
+    return {
+        "params": json.loads(json.dumps(params, sort_keys=True)),
+        "seed": seed,
+        "examples_sha256": sha256_file(examples_path),
+    }
+
+
+def make_accelerator():
+    """The run's ``Accelerator``: CPU fp32 without CUDA, bf16 autocast with it.
+
+    The scheduler is stepped once per optimizer step by the loop (not ``num_processes`` times,
+    accelerate's default for per-process batches). Refuses the combinations the loop does not
+    handle (module docstring).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
+
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(
+        cpu=not cuda,
+        mixed_precision="bf16" if cuda and torch.cuda.is_bf16_supported() else "no",
+        step_scheduler_with_optimizer=False,
+    )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise NotImplementedError(
+            f"distill does not support {accelerator.distributed_type.value} yet: the EMA teacher, "
+            "the saved models and the optimizer checkpoints assume every process holds the "
+            "whole unsharded student and optimizer; use config/accelerate/ddp.yaml"
+        )
+    return accelerator
+
+
+def _checkpoint_to_resume(work_dir: Path | None, identity: Mapping[str, Any]) -> Path | None:
+    """The newest checkpoint in ``work_dir``, checked to belong to this run."""
+    checkpoint = latest_checkpoint(work_dir)
+    if checkpoint is not None and read_trainer_state(checkpoint / STATE).run != identity:
+        raise ValueError(
+            f"{checkpoint} is a checkpoint of another run (params, seed or examples differ); "
+            f"delete {work_dir} to start afresh"
+        )
+    return checkpoint
+
+
+def _restore_state(
+    progress: TrainerState, checkpoint: Path | None, state_dir: Path | None, optimizer, scheduler
+) -> tuple[TrainerState, list[dict[str, Any]]]:
+    """Load optimizer/scheduler/RNG from a checkpoint or the previous round; (progress, rows)."""
+    if checkpoint is not None:
+        saved = load_training_state(checkpoint / STATE, optimizer, scheduler)
+        log.info("resuming from %s (global step %d)", checkpoint, saved.global_step)
+        progress = replace(progress, global_step=saved.global_step, step_in_round=saved.step_in_round)
+        return progress, read_curves_json(checkpoint / STATE)
+    if state_dir is not None:
+        previous = load_training_state(state_dir, optimizer, scheduler)
+        r = progress.round
+        if previous.rounds_done != r - 1 or previous.step_in_round != previous.steps_in_round:
+            raise ValueError(
+                f"{state_dir}: holds the state after {previous.rounds_done} round(s); round {r} "
+                f"needs the state after round {r - 1}"
+            )
+        progress = replace(progress, global_step=previous.global_step)
+    return progress, []
+
+
+def _setup(
+    params: Mapping[str, Any],
+    *,
+    examples_path: Path,
+    student_dir: Path,
+    teacher_dir: Path | None,
+    state_dir: Path | None,
+    work_dir: Path | None,
+    seed: int,
+) -> _Run:
+    from accelerate.utils import set_seed
+
+    cfg = DistillConfig.from_params(params["distill"])
+    r, schedule = check_round(params)
+    if (r == 1) != (teacher_dir is None and state_dir is None):
+        raise ValueError(
+            f"round {r}: teacher_dir and state_dir must be None in round 1 and both given after"
+        )
+    accelerator = make_accelerator()
+    set_seed(seed)
+
+    examples = load_examples(examples_path)
+    if not examples:
+        raise ValueError(f"{examples_path}: no training examples")
+    if schedule["examples_per_round"][r - 1] != len(examples):
+        log.warning(
+            "round %d: %d examples, the schedule planned %d (the LR schedule keeps the plan)",
+            r, len(examples), schedule["examples_per_round"][r - 1],
+        )
+    total = total_optimizer_steps(schedule, cfg.batch_size, cfg.grad_accum, cfg.epochs)
+    identity = _run_identity(params, seed, examples_path)
+    checkpoint = _checkpoint_to_resume(work_dir, identity)
+    if checkpoint is not None:
+        student_dir, teacher_dir = checkpoint / STUDENT, checkpoint / TEACHER
+
+    student = load_causal_lm(student_dir).train()
+    teacher = load_causal_lm(teacher_dir if teacher_dir is not None else student_dir)
+    teacher.eval().requires_grad_(False)
+    optimizer = build_optimizer(student, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(total, warmup_steps(total, cfg.warmup_ratio))
+    )
+    start = TrainerState(
+        global_step=0,
+        rounds_done=r - 1,
+        round=r,
+        step_in_round=0,
+        steps_in_round=steps_in_round(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs),
+        total_steps=total,
+        world_size=accelerator.num_processes,
+        run=identity,
+    )
+    progress, rows = _restore_state(start, checkpoint, state_dir, optimizer, scheduler)
+
+    teacher.to(accelerator.device)
+    objective = StudentObjective(student, cfg.divergence, cfg.jsd_beta, cfg.chunk_size)
+    prepared = accelerator.prepare(objective, optimizer, scheduler)
+    return _Run(
+        accelerator=accelerator,
+        cfg=cfg,
+        examples=examples,
+        plan=round_step_plan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, seed),
+        objective=prepared[0],
+        teacher=teacher,
+        ema=EmaTeacher(teacher) if cfg.teacher == "ema" else None,
+        optimizer=prepared[1],
+        scheduler=prepared[2],
+        raw_optimizer=optimizer,
+        raw_scheduler=scheduler,
+        progress=progress,
+        rows=rows,
+        resumed_from=progress.global_step if checkpoint is not None else None,
+    )
+
+
+def _step_batches(run: _Run, step_in_round: int) -> list[Batch]:
+    """This process's micro-batches of optimizer step ``step_in_round``."""
+    acc = run.accelerator
+    batches = []
+    for indices in run.plan[step_in_round]:
+        rows, real = shard(indices, acc.process_index, acc.num_processes)
+        batches.append(collate([run.examples[i] for i in rows], run.cfg.skip_first_tokens, real))
+    return batches
+
+
+def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
+    """One optimizer step; returns its curve row (statistics reduced over processes)."""
+    acc, cfg = run.accelerator, run.cfg
+    batches = _step_batches(run, step_in_round)
+    local_tokens = torch.tensor(float(sum(b.n_loss_tokens for b in batches)), device=acc.device)
+    n_tokens = acc.reduce(local_tokens, reduction="sum")
+    teacher_head = run.teacher.get_output_embeddings()
+    # Σ divergence, Σ weight, Σ entropy, positions, Σ p_acc, examples, examples with confidence
+    sums = torch.zeros(7, dtype=torch.float64, device=acc.device)
+    for i, batch in enumerate(batches):
+        batch = batch.to(acc.device)
+        sync = i == len(batches) - 1
+        with contextlib.nullcontext() if sync else acc.no_sync(run.objective):
+            with acc.autocast():
+                t_hidden = teacher_hidden_states(run.teacher, batch)
+            sum_loss, stats = run.objective(
+                batch.student_ids,
+                batch.student_mask,
+                batch.student_positions,
+                t_hidden,
+                teacher_head.weight,
+                teacher_head.bias,
+                batch.weights,
+            )
+            acc.backward(normalise_by_tokens(sum_loss, n_tokens, acc.num_processes))
+        real = batch.real
+        sums += torch.stack(
+            [
+                stats.divergence_sum.double(),
+                stats.weight_sum.double(),
+                stats.entropy_sum.double(),
+                stats.n_positions.double(),
+                batch.p_acc[real].sum(),
+                real.sum().double(),
+                batch.has_confidence[real].sum().double(),
+            ]
+        )
+    grad_norm = acc.clip_grad_norm_(run.objective.parameters(), cfg.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(acc.unwrap_model(run.objective).model, cfg.ema_weight)
+        run.ema.copy_to(run.teacher)
+    div, weight, entropy, positions, p_acc, n_ex, n_conf = acc.reduce(sums, "sum").tolist()
+    return {
+        "step": run.progress.global_step + 1,
+        "round": run.progress.round,
+        "lr": float(lr),
+        "loss": div / max(n_tokens.item(), 1.0),
+        "divergence": div / weight if weight else 0.0,
+        "entropy": entropy / positions if positions else 0.0,
+        "mean_p_acc": p_acc / n_ex if n_ex else 0.0,
+        "format_adherence": n_conf / n_ex if n_ex else 0.0,
+        "grad_norm": float(grad_norm),
+    }
+
+
+def _write_models(run: _Run, directory: Path) -> None:
+    """``student/`` and ``teacher/`` (the teacher module mirrors the fp32 shadow exactly)."""
+    student = run.accelerator.unwrap_model(run.objective).model
+    student.save_pretrained(directory / STUDENT)
+    run.teacher.save_pretrained(directory / TEACHER)
+
+
+def _write_checkpoint(run: _Run, directory: Path) -> None:
+    _write_models(run, directory)
+    save_training_state(directory / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
+    write_curves_json(directory / STATE, run.rows)
+
+
+def run_distill(
+    params: Mapping[str, Any],
+    *,
+    examples_path: Path,
+    student_dir: Path,
+    teacher_dir: Path | None,
+    state_dir: Path | None,
+    out: Path,
+    work_dir: Path | None,
+    seed: int,
+    threads: int = 1,
+    tracker: Any = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one round; write ``student/``, ``teacher/``, ``state/`` and ``curves.parquet``.
+
+    Args:
+        params: ``{"distill": {...}, "round": r, "schedule": {"rounds", "examples_per_round"}}``.
+        examples_path: the rewrite stage's ``examples.parquet`` for this round.
+        student_dir: round 1: the base model; later: the previous distill artifact's ``student/``.
+        teacher_dir, state_dir: None in round 1 (the teacher starts as a copy of the student);
+            later the previous artifact's ``teacher/`` and ``state/``.
+        out: output directory (written by the main process only).
+        work_dir: resume checkpoints, every ``checkpoint_every`` steps; a checkpoint found there
+            is resumed; removed on success. None: no checkpoints.
+        seed: shuffling seed (the data order depends on it and the epoch only).
+        threads: torch CPU threads per process.
+        tracker: anything with ``log_curves(rows)``; called once with all the round's rows.
+        on_step: called on every process after each optimizer step (and its checkpoint) with
+            the step's curve row; a test hook (raise in it to simulate a killed job).
+
+    Returns:
+        Summary: round, steps, global_step, total_steps, final_loss, mean_divergence,
+        n_examples, world_size, resumed_from (global step or None), seconds.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, threads))
+    out, examples_path = Path(out), Path(examples_path)
+    run = _setup(
+        params,
+        examples_path=examples_path,
+        student_dir=Path(student_dir),
+        teacher_dir=None if teacher_dir is None else Path(teacher_dir),
+        state_dir=None if state_dir is None else Path(state_dir),
+        work_dir=None if work_dir is None else Path(work_dir),
+        seed=seed,
+    )
+    acc, cfg = run.accelerator, run.cfg
+    n_steps = run.progress.steps_in_round
+    if acc.is_main_process:
+        log.info(
+            "distill round %d: %d examples, %d steps (global %d..%d of %d), %d process(es), %s",
+            run.progress.round, len(run.examples), n_steps, run.progress.global_step,
+            run.progress.global_step + n_steps - run.progress.step_in_round,
+            run.progress.total_steps, acc.num_processes, json.dumps(params["distill"]),
+        )
+    for step_in_round in range(run.progress.step_in_round, n_steps):
+        row = train_step(run, step_in_round)
+        run.rows.append(row)
+        run.progress = replace(
+            run.progress, global_step=row["step"], step_in_round=step_in_round + 1
+        )
+        if acc.is_main_process and (step_in_round + 1) % 10 == 0:
+            log.info("step %d: %s", row["step"], row)
+        done = step_in_round + 1
+        if work_dir is not None and done % cfg.checkpoint_every == 0 and done < n_steps:
+            if acc.is_main_process:
+                write_checkpoint(work_dir, row["step"], lambda d: _write_checkpoint(run, d))
+            acc.wait_for_everyone()
+        if on_step is not None:
+            on_step(row)
+
+    run.progress = replace(run.progress, rounds_done=run.progress.round)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_models(run, out)
+        for sub in (STUDENT, TEACHER):
+            copy_tokenizer(student_dir, out / sub)
+        save_training_state(out / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
+        write_curves(out / CURVES_FILE, run.rows)
+        if tracker is not None:
+            tracker.log_curves(run.rows)
+    acc.wait_for_everyone()
+    if acc.is_main_process and work_dir is not None and Path(work_dir).exists():
+        shutil.rmtree(work_dir)
+    losses = [row["divergence"] for row in run.rows]
+    return {
+        "round": run.progress.round,
+        "steps": n_steps,
+        "global_step": run.progress.global_step,
+        "total_steps": run.progress.total_steps,
+        "final_loss": run.rows[-1]["loss"] if run.rows else None,
+        "mean_divergence": sum(losses) / len(losses) if losses else None,
+        "n_examples": len(run.examples),
+        "world_size": acc.num_processes,
+        "resumed_from": run.resumed_from,
+        "seconds": time.perf_counter() - started,
+    }
