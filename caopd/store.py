@@ -155,8 +155,8 @@ class Publication:
         self.preimage = dict(preimage)
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.work = self.final.parent / f".tmp-{self.final.name}-{os.getpid()}"
-        if self.work.exists():
-            shutil.rmtree(self.work)
+        for stale in self.final.parent.glob(f".tmp-{self.final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed job of the same key
         self.work.mkdir()
         self.started = now()
 

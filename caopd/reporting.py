@@ -1,0 +1,113 @@
+"""Figures and tables: per variant (stage plots) and across variants (rule compare).
+
+Per variant: reliability diagram, confidence histogram split by correct/wrong, P_acc histogram
+per round, training curves. Across variants: the metrics table, accuracy vs mean confidence with
+the diagonal (the paper's Figure 1 view) and accuracy vs ECE, each variant with its 95% CI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from caopd.store import read_json
+
+TABLE_METRICS = (
+    "n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "brier", "spr", "auroc",
+    "format_adherence", "answer_parse_rate",
+)
+
+
+def _read_curves(distill_dir: Path):
+    import pandas as pd
+
+    if (distill_dir / "curves.parquet").is_file():
+        return pd.read_parquet(distill_dir / "curves.parquet")
+    if (distill_dir / "curves.jsonl").is_file():
+        return pd.read_json(distill_dir / "curves.jsonl", lines=True)
+    return None
+
+
+def variant_figures(inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
+    """Write the per-variant PNGs into ``out``; ``inputs`` has ``evaluate``, ``targets_<r>``,
+    ``distill_<r>`` artifact directories."""
+    import pandas as pd
+
+    from caopd.evaluation.plots import (
+        confidence_histogram, new_figure, pacc_histogram, reliability_diagram, save_figure, training_curves,
+    )
+
+    out = Path(out)
+    metrics = read_json(Path(inputs["evaluate"]) / "metrics.json")
+    scored = pd.read_parquet(Path(inputs["evaluate"]) / "scored.parquet")
+    written = []
+    fig, ax = new_figure()
+    reliability_diagram(ax, metrics["bins"])
+    ax.set_title(f"Reliability (ECE {metrics['ece']:.3f})")
+    written.append(save_figure(fig, out / "reliability.png"))
+    fig, ax = new_figure()
+    confidence_histogram(ax, scored["correct"].to_numpy(), scored["confidence"].to_numpy())
+    written.append(save_figure(fig, out / "confidence_histogram.png"))
+
+    p_acc = {}
+    for role, path in sorted(inputs.items()):
+        if role.startswith("targets_"):
+            frame = pd.read_parquet(Path(path) / "targets.parquet")
+            p_acc[int(role.removeprefix("targets_"))] = frame["p_acc"].tolist()
+    if p_acc:
+        fig, ax = new_figure()
+        pacc_histogram(ax, p_acc)
+        written.append(save_figure(fig, out / "pacc_histogram.png"))
+
+    curves = [
+        c for role, path in sorted(inputs.items(), key=lambda kv: kv[0])
+        if role.startswith("distill_") and (c := _read_curves(Path(path))) is not None
+    ]
+    if curves:
+        frame = pd.concat(curves, ignore_index=True).sort_values("step")
+        from caopd.evaluation.plots import CURVE_COLUMNS
+
+        n = sum(col in frame.columns for col in CURVE_COLUMNS)
+        fig, axes = new_figure(1, max(1, n), figsize=(3.2 * max(1, n), 3))
+        training_curves(axes if n > 1 else [axes], frame)
+        written.append(save_figure(fig, out / "training_curves.png"))
+    return {"figures": sorted(p.name for p in written)}
+
+
+def metrics_table(evaluations: Mapping[str, str | Path]):
+    """One row per variant: the headline metrics and their 95% intervals."""
+    import pandas as pd
+
+    rows = []
+    for variant, path in evaluations.items():
+        metrics = read_json(Path(path) / "metrics.json")
+        row: dict[str, Any] = {"variant": variant}
+        for name in TABLE_METRICS:
+            row[name] = metrics.get(name)
+            ci = (metrics.get("ci95") or {}).get(name)
+            if ci:
+                row[f"{name}_lo"], row[f"{name}_hi"] = ci
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, confidence: Path, ece: Path) -> None:
+    """The across-variant table and the two scatter figures."""
+    from caopd.evaluation.plots import accuracy_vs_confidence, accuracy_vs_ece, new_figure, save_figure
+
+    frame = metrics_table(evaluations)
+    tmp = Path(table).with_name(f".{Path(table).name}.tmp")
+    frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    tmp.replace(table)
+    points = []
+    for variant, path in evaluations.items():
+        metrics = read_json(Path(path) / "metrics.json")
+        points.append({"variant": variant, **{k: metrics[k] for k in ("accuracy", "mean_confidence", "ece")},
+                       "ci95": metrics.get("ci95") or {}})
+    fig, ax = new_figure()
+    accuracy_vs_confidence(ax, points)
+    save_figure(fig, confidence)
+    fig, ax = new_figure()
+    accuracy_vs_ece(ax, points)
+    save_figure(fig, ece)

@@ -1,0 +1,78 @@
+# Config resolution, the stage plan and the input functions every rule uses.
+# Parse time stays cheap: caopd.config and caopd.plan import neither torch nor mlflow.
+
+import sys
+
+sys.path.insert(0, workflow.basedir)
+
+from caopd.config import resolve
+from caopd.plan import build_plan
+from caopd.tracking import tracking_uri
+
+RESOLVED = resolve(config)
+PLAN = build_plan(RESOLVED, root=workflow.basedir)
+VARIANTS = list(PLAN.variants)
+TRACKING = {
+    "uri": tracking_uri(RESOLVED["base"]["tracking"]["uri"]),
+    "experiment": RESOLVED["base"]["tracking"]["experiment"],
+}
+TRACKING_READY = "results/tracking.json"
+
+
+wildcard_constraints:
+    key="[0-9a-f]{16}",
+    variant="|".join(VARIANTS),
+
+
+def get_all_targets(wildcards):
+    return [f"results/index/{v}.json" for v in VARIANTS] + [
+        "results/compare/metrics.tsv",
+        "results/compare/accuracy_vs_confidence.png",
+        "results/compare/accuracy_vs_ece.png",
+    ]
+
+
+def stage_inputs(stage):
+    """Input function of a stage rule: upstream artifact dirs by role, and the tracking store."""
+
+    def get_stage_inputs(wildcards):
+        spec = PLAN.spec(stage, wildcards.key)
+        return {**spec.input_paths(), "tracking": TRACKING_READY}
+
+    get_stage_inputs.__name__ = f"get_{stage}_inputs"
+    return get_stage_inputs
+
+
+def stage_preimage(stage):
+    """Params function: the key's preimage (stage, params, code, upstream), spec.json's body."""
+
+    def get_stage_preimage(wildcards):
+        return PLAN.spec(stage, wildcards.key).preimage
+
+    get_stage_preimage.__name__ = f"get_{stage}_preimage"
+    return get_stage_preimage
+
+
+def stage_seed(stage):
+    """Params function: the stage's seed, derived from its key."""
+
+    def get_stage_seed(wildcards):
+        return PLAN.spec(stage, wildcards.key).seed
+
+    get_stage_seed.__name__ = f"get_{stage}_seed"
+    return get_stage_seed
+
+
+def get_variant_artifacts(wildcards):
+    return [spec.path for spec in PLAN.variants[wildcards.variant].stages]
+
+
+def get_variant_stage_table(wildcards):
+    return [
+        {"stage": s.stage, "round": s.round, "key": s.key, "path": s.path}
+        for s in PLAN.variants[wildcards.variant].stages
+    ]
+
+
+def get_evaluations(wildcards):
+    return {v: PLAN.variants[v].get("evaluate").path for v in VARIANTS}
