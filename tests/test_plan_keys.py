@@ -1,0 +1,112 @@
+"""Content addressing (DESIGN §4): stable keys; a change reruns exactly its stage and downstream."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caopd.config import deep_merge, resolve
+from caopd.plan import STAGE_CODE, build_plan, canonical_json, code_fingerprint
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _config(**overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return resolve(deep_merge(raw, overrides))
+
+
+def _keys(plan, variant: str) -> dict[tuple[str, int | None], str]:
+    return {(s.stage, s.round): s.key for s in plan.variants[variant].stages}
+
+
+def _downstream(plan, variant: str, start: set[tuple[str, int | None]]) -> set[tuple[str, int | None]]:
+    """Stages reachable from ``start`` through upstream links (by key identity)."""
+    specs = plan.variants[variant].stages
+    changed = set(start)
+    keys_changed = {s.key for s in specs if (s.stage, s.round) in changed}
+    for spec in specs:  # DAG order
+        if set(spec.upstream.values()) & keys_changed:
+            changed.add((spec.stage, spec.round))
+            keys_changed.add(spec.key)
+    return changed
+
+
+def test_keys_are_stable_across_builds():
+    a = build_plan(_config(), ROOT)
+    b = build_plan(_config(), ROOT)
+    assert _keys(a, "caopd") == _keys(b, "caopd")
+    assert all(len(k) == 16 for k in _keys(a, "caopd").values())
+
+
+def test_canonical_json_ignores_key_order():
+    assert canonical_json({"b": 1, "a": [1, {"d": 2, "c": 3}]}) == canonical_json({"a": [1, {"c": 3, "d": 2}], "b": 1})
+
+
+def test_variants_share_the_common_prefix():
+    plan = build_plan(_config(), ROOT)
+    sdft, caopd, base = (_keys(plan, v) for v in ("sdft", "caopd", "base"))
+    for shared in [("prepare_data", None), ("base_model", None), ("rollouts", 1), ("targets", 1)]:
+        assert sdft[shared] == caopd[shared]
+    assert sdft[("rewrite", 1)] != caopd[("rewrite", 1)]
+    assert base[("prepare_data", None)] == caopd[("prepare_data", None)]
+    assert ("rollouts", 1) not in base
+
+
+@pytest.mark.parametrize(
+    ("overrides", "first_changed"),
+    [
+        ({"distill": {"lr": 5e-4}}, ("distill", 1)),
+        ({"rewrite": {"teacher_mode": "correct_solution"}}, ("rewrite", 1)),
+        ({"rollouts": {"temperature": 0.7}}, ("rollouts", 1)),
+        ({"evaluation": {"bootstrap": 200}}, ("evaluate", None)),
+        ({"evaluation": {"max_new_tokens": 40}}, ("eval_rollouts", None)),
+        ({"model": {"tiny": {"warmup": {"steps": 10}}}}, ("base_model", None)),
+    ],
+)
+def test_one_parameter_changes_exactly_its_stage_and_downstream(overrides, first_changed):
+    before = build_plan(_config(), ROOT)
+    after = build_plan(_config(**overrides), ROOT)
+    old, new = _keys(before, "caopd"), _keys(after, "caopd")
+    changed = {stage for stage in old if old[stage] != new[stage]}
+    assert changed == _downstream(before, "caopd", {first_changed})
+    # changing it back gives the old keys again, so the old artifacts are reused
+    assert _keys(build_plan(_config(), ROOT), "caopd") == old
+
+
+def test_editing_a_module_changes_exactly_the_stages_that_run_it(tmp_path):
+    tree = tmp_path / "repo"
+    for part in ("caopd", "workflow"):
+        shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    before = build_plan(_config(), tree)
+    target = tree / "caopd" / "training" / "divergence.py"
+    original = target.read_text()
+    target.write_text(original + "\n# a fixed bug\n")
+    after = build_plan(_config(), tree)
+    old, new = _keys(before, "caopd"), _keys(after, "caopd")
+    changed = {stage for stage in old if old[stage] != new[stage]}
+    assert changed == _downstream(before, "caopd", {("distill", 1)})
+    assert ("rollouts", 1) not in changed and ("base_model", None) not in changed
+    target.write_text(original)
+    assert _keys(build_plan(_config(), tree), "caopd") == old
+
+
+def test_every_stage_code_entry_exists():
+    for stage, entries in STAGE_CODE.items():
+        for entry in entries:
+            assert (ROOT / entry).exists(), f"{stage}: {entry} does not exist"
+        assert code_fingerprint(entries, ROOT) != code_fingerprint(entries, ROOT / "nowhere")
+
+
+def test_raw_data_files_enter_the_data_key(tmp_path):
+    data = tmp_path / "eval"
+    data.mkdir()
+    (data / "rows.arrow").write_bytes(b"one")
+    cfg = {"task": {"name": "science", "paths": {"eval": str(data)}}}
+    first = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
+    (data / "rows.arrow").write_bytes(b"two")
+    second = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
+    assert first != second
