@@ -7,6 +7,7 @@ rule tracking_store:
         TRACKING_READY,
     params:
         tracking=TRACKING,
+        root=workflow.basedir,
     log:
         "logs/tracking_store.log",
     localrule: True

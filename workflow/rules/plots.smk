@@ -28,6 +28,7 @@ rule index:
     params:
         stages=get_variant_stage_table,
         tracking=TRACKING,
+        root=workflow.basedir,
     log:
         "logs/index/{variant}.log",
     localrule: True
@@ -52,6 +53,8 @@ rule compare:
             caption="../report/accuracy_vs_ece.rst",
             category="Comparison",
         ),
+    params:
+        root=workflow.basedir,
     log:
         "logs/compare.log",
     conda:

@@ -2,7 +2,7 @@
 
 import sys
 
-sys.path.insert(0, ".")
+sys.path.insert(0, snakemake.params.root)  # noqa: F821
 
 from caopd.job import setup_logging
 from caopd.reporting import compare_variants

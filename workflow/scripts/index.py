@@ -3,7 +3,7 @@ variant's parent MLflow run."""
 
 import sys
 
-sys.path.insert(0, ".")
+sys.path.insert(0, snakemake.params.root)  # noqa: F821
 
 from caopd.index import write_index
 from caopd.job import setup_logging
