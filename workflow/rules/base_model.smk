@@ -13,8 +13,6 @@ rule base_model:
         root=workflow.basedir,
         tracking=TRACKING,
     threads: 8
-    resources:
-        gpus=0,
     log:
         "logs/base_model/{key}.log",
     benchmark:

@@ -14,8 +14,6 @@ rule distill:
         root=workflow.basedir,
         tracking=TRACKING,
     threads: 8
-    resources:
-        gpus=1,
     log:
         "logs/distill/{key}.log",
     benchmark:

@@ -14,8 +14,6 @@ rule eval_rollouts:
         root=workflow.basedir,
         tracking=TRACKING,
     threads: 8
-    resources:
-        gpus=1,
     log:
         "logs/eval_rollouts/{key}.log",
     benchmark:

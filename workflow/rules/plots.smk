@@ -6,7 +6,13 @@ rule plots:
     input:
         unpack(stage_inputs("plots")),
     output:
-        directory("results/plots/{key}"),
+        report(
+            directory("results/plots/{key}"),
+            patterns=["{name}.png"],
+            caption="../report/variant_figures.rst",
+            category="Variant figures",
+            subcategory="{key}",
+        ),
     params:
         spec=stage_preimage("plots"),
         seed=stage_seed("plots"),

@@ -13,8 +13,6 @@ rule rollouts:
         root=workflow.basedir,
         tracking=TRACKING,
     threads: 8
-    resources:
-        gpus=1,
     log:
         "logs/rollouts/{key}.log",
     benchmark:
