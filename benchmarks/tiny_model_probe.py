@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--examples", type=int, default=12000)
+    ap.add_argument("--induction-steps", type=int, default=300)
     ap.add_argument("--n-probe", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -47,7 +48,7 @@ def main() -> None:
         "vocab_size": args.vocab, "hidden_size": args.hidden,
         "intermediate_size": args.intermediate or 3 * args.hidden, "num_layers": args.layers,
         "num_heads": args.heads, "num_kv_heads": args.kv_heads, "max_positions": 512,
-        "warmup": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "examples": args.examples},
+        "warmup": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "examples": args.examples, "induction_steps": args.induction_steps},
     }
     out = args.out or Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)
