@@ -125,6 +125,13 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             f"{where}: key 'task.arith.level_weights' has {len(weights)} entries but "
             f"'task.arith.levels' has {len(task['arith']['levels'])}"
         )
+    rollouts, rewrite = cfg.get("rollouts", {}), cfg.get("rewrite", {})
+    if rollouts and rewrite and rewrite["max_completion_length"] < rollouts["max_new_tokens"] + 8:
+        raise ConfigError(
+            f"{where}: key 'rewrite.max_completion_length' ({rewrite['max_completion_length']}) must be "
+            f"at least 'rollouts.max_new_tokens' + 8 ({rollouts['max_new_tokens'] + 8}): a length-capped "
+            "rollout would lose the appended 'Confidence: x' target to truncation"
+        )
     distill = cfg.get("distill", {})
     if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is not None:
         if task["sizes"]["train"] < distill["rounds"]:

@@ -76,6 +76,8 @@ def test_bad_combinations_say_what_to_change():
         resolve(deep_merge(_raw(), {"model": {"tiny": {"hidden_size": 130}}}))
     with pytest.raises(ConfigError, match="greedy"):
         resolve(deep_merge(_raw(), {"evaluation": {"n_samples": 4}}))
+    with pytest.raises(ConfigError, match="max_completion_length"):
+        resolve(deep_merge(_raw(), {"rollouts": {"max_new_tokens": 100}}))
     with pytest.raises(ConfigError, match="task.paths.eval"):
         resolve(deep_merge(_raw(), {"task": {"name": "science"}}))
 
