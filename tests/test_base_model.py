@@ -1,0 +1,55 @@
+"""The base_model stage: the embedded tiny model builds, reloads with the same token ids and
+logits, and a rebuild under the same key is byte-identical on CPU."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from caopd.job import open_job
+from caopd.models.base import build_base_model, model_dir
+from caopd.plan import canonical_json
+from caopd.store import verify_artifact
+
+TINY = {
+    "vocab_size": 320,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "max_positions": 512,
+    "warmup": {"steps": 3, "batch_size": 4, "lr": 1e-3, "examples": 40, "induction_steps": 2},
+}
+
+
+def _build(root: Path) -> Path:
+    params = {"seed": 0, "source": "tiny", "tiny": TINY}
+    pre = {"stage": "base_model", "params": params, "code": "test", "upstream": {}}
+    key = hashlib.sha256(canonical_json(pre).encode()).hexdigest()[:16]
+    out = root / "results" / "base_model" / key
+    with open_job(preimage=pre, key=key, seed=0, inputs={}, output=out, root=root) as job:
+        job.result.update(build_base_model(params, job.out, threads=1))
+    return out
+
+
+def test_tiny_model_builds_reloads_and_rebuilds_byte_identical(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first = _build(tmp_path / "a")
+    second = _build(tmp_path / "b")
+    files_a = verify_artifact(first)["files"]
+    files_b = verify_artifact(second)["files"]
+    assert "model/model.safetensors" in files_a and "model/tokenizer.json" in files_a
+    assert files_a == files_b  # same key, same bytes
+
+    directory = model_dir(first)
+    tok = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    assert model.config.model_type == "qwen2"
+    text = "Level 2. What is 47 + 8?\nConfidence: 0.62"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert tok.eos_token == "<|im_end|>" and tok.chat_template
+    manifest = verify_artifact(first)
+    assert manifest["result"]["tokenizer_roundtrip"] == "ok"
+    assert 0 < manifest["result"]["n_parameters"] < 5_000_000
