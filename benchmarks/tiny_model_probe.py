@@ -1,6 +1,8 @@
 """Build the embedded tiny model with given settings and measure its three abilities (DESIGN §6).
 
-    .venv/bin/python benchmarks/tiny_model_probe.py [--hidden 96 --layers 4 --steps 800 ...]
+    .venv/bin/python benchmarks/tiny_model_probe.py [--hidden 96 --layers 3 --steps 850 ...]
+
+Defaults are the embedded default's settings (config/config.yaml).
 
 Prints the build time and, on fresh ``arith`` questions (a seed apart from every split):
 greedy accuracy per level, format adherence and stated confidence of the student; the teacher's
@@ -19,18 +21,22 @@ from pathlib import Path
 
 
 def main() -> None:
+    from caopd.config import load_file
+
+    tiny_default = load_file(Path(__file__).resolve().parent.parent / "config" / "config.yaml")["base"]["model"]["tiny"]
+    warm = tiny_default["warmup"]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=96)
-    ap.add_argument("--intermediate", type=int, default=None)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--examples", type=int, default=12000)
-    ap.add_argument("--induction-steps", type=int, default=300)
+    ap.add_argument("--hidden", type=int, default=tiny_default["hidden_size"])
+    ap.add_argument("--intermediate", type=int, default=tiny_default["intermediate_size"])
+    ap.add_argument("--layers", type=int, default=tiny_default["num_layers"])
+    ap.add_argument("--heads", type=int, default=tiny_default["num_heads"])
+    ap.add_argument("--kv-heads", type=int, default=tiny_default["num_kv_heads"])
+    ap.add_argument("--vocab", type=int, default=tiny_default["vocab_size"])
+    ap.add_argument("--steps", type=int, default=warm["steps"])
+    ap.add_argument("--batch", type=int, default=warm["batch_size"])
+    ap.add_argument("--lr", type=float, default=warm["lr"])
+    ap.add_argument("--examples", type=int, default=warm["examples"])
+    ap.add_argument("--induction-steps", type=int, default=warm["induction_steps"])
     ap.add_argument("--n-probe", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -46,7 +52,7 @@ def main() -> None:
 
     tiny = {
         "vocab_size": args.vocab, "hidden_size": args.hidden,
-        "intermediate_size": args.intermediate or 3 * args.hidden, "num_layers": args.layers,
+        "intermediate_size": args.intermediate, "num_layers": args.layers,
         "num_heads": args.heads, "num_kv_heads": args.kv_heads, "max_positions": 512,
         "warmup": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "examples": args.examples, "induction_steps": args.induction_steps},
     }
@@ -60,8 +66,8 @@ def main() -> None:
     task = get_task("arith")
     probe = arith.generate(args.n_probe, seed=987_654 + args.seed, levels=[1, 2, 3, 4, 5], split="probe")
     engine = HFEngine(str(out / "model"), progress=False)
-    greedy = SamplingConfig(n=1, greedy=True, max_new_tokens=32, batch_size=256)
-    sampled = SamplingConfig(n=4, temperature=1.0, max_new_tokens=32, batch_size=256)
+    greedy = SamplingConfig(n=1, greedy=True, max_new_tokens=40, batch_size=256)
+    sampled = SamplingConfig(n=4, temperature=1.0, max_new_tokens=40, batch_size=256)
 
     def run(prompts, cfg):
         t = time.perf_counter()

@@ -63,7 +63,7 @@ def test_variants_share_the_common_prefix():
         ({"rewrite": {"teacher_mode": "correct_solution"}}, ("rewrite", 1)),
         ({"rollouts": {"temperature": 0.7}}, ("rollouts", 1)),
         ({"evaluation": {"bootstrap": 200}}, ("evaluate", None)),
-        ({"evaluation": {"max_new_tokens": 40}}, ("eval_rollouts", None)),
+        ({"evaluation": {"max_new_tokens": 36}}, ("eval_rollouts", None)),
         ({"model": {"tiny": {"warmup": {"steps": 10}}}}, ("base_model", None)),
     ],
 )

@@ -33,16 +33,7 @@ Question (the single user turn; the tiny model has no system message)::
 
     Confidence: your confidence level (0.0-1.0) ...
 
-Demonstration (the worked solution, and the format of a model's response): the result, then a
-scan of the options in order up to the chosen one, then the answer::
-
-    47 + 38 = 85
-    A) 75 no
-    B) 85 yes
-    <answer>B</answer>
-
-The scan makes finding the option letter of a computed value a step-by-step copy and compare,
-which a small model learns, instead of a reverse look-up in one token.
+Demonstration: ``{a} {op} {b} = {result}\\n<answer>{letter}</answer>``.
 
 Determinism: every draw comes from one ``random.Random(seed)`` per call of :func:`generate`.
 Uniqueness: two examples are the same question when their question texts are equal, i.e. the
@@ -123,24 +114,11 @@ def _draw(level: int, rng: random.Random, example_id: str) -> Example:
         id=example_id,
         messages=[{"role": "user", "content": question}],
         question=question,
-        demonstration=worked_solution(a, op, b, options, letter),
+        demonstration=f"{a} {op} {b} = {result}\n<answer>{letter}</answer>",
         ground_truth=letter,
         level=level,
         meta={"a": a, "b": b, "op": op, "result": result, "options": options},
     )
-
-
-def scan(options: Sequence[int], chosen: str) -> list[str]:
-    """The option lines ``"{L}) {value} no|yes"`` from A up to the ``chosen`` letter (``yes``)."""
-    stop = LETTERS.index(chosen)
-    return [f"{L}) {v} {'yes' if i == stop else 'no'}" for i, (L, v) in enumerate(zip(LETTERS, options)) if i <= stop]
-
-
-def worked_solution(a: int, op: str, b: int, options: Sequence[int], chosen: str) -> str:
-    """``"{a} {op} {b} = {value}"``, the scan up to ``chosen`` and ``<answer>{chosen}</answer>``;
-    ``value`` is the chosen option's value (the result when ``chosen`` is right)."""
-    value = options[LETTERS.index(chosen)]
-    return "\n".join([f"{a} {op} {b} = {value}", *scan(options, chosen), f"<answer>{chosen}</answer>"])
 
 
 def generate(
@@ -202,21 +180,22 @@ def response(
 ) -> str:
     """A well-formed model response to an arith ``example`` (the tiny model's warm-up text).
 
-    :func:`worked_solution` for ``answer_letter`` then ``"Confidence: {confidence:.2f}"``: the
-    stated value is the option behind ``answer_letter`` (the result when the letter is right, the
-    distractor's value when it is wrong). ``with_work=False`` keeps only the answer line;
-    ``confidence=None`` drops the confidence line.
+    ``"{a} {op} {b} = {value}\\n<answer>{letter}</answer>\\nConfidence: {confidence:.2f}"``
+    where ``value`` is the option behind ``answer_letter`` (the result when the letter is right,
+    the distractor's value when it is wrong). ``with_work=False`` drops the first line;
+    ``confidence=None`` drops the last.
     """
     letter = answer_letter.strip().upper()
     if letter not in LETTERS:
         raise ValueError(
             f"example {example.id!r}: answer_letter must be A-D, got {answer_letter!r}"
         )
-    meta = example.meta
+    lines = []
     if with_work:
-        lines = [worked_solution(meta["a"], meta["op"], meta["b"], meta["options"], letter)]
-    else:
-        lines = [f"<answer>{letter}</answer>"]
+        meta = example.meta
+        value = meta["options"][LETTERS.index(letter)]
+        lines.append(f"{meta['a']} {meta['op']} {meta['b']} = {value}")
+    lines.append(f"<answer>{letter}</answer>")
     if confidence is not None:
         if not 0.0 <= confidence <= 1.0:
             raise ValueError(
