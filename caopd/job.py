@@ -69,6 +69,29 @@ def setup_logging(log_path: str | Path | None) -> None:
     )
 
 
+class StaleCodeError(RuntimeError):
+    """The stage's source changed after the workflow computed its key."""
+
+
+def check_code_unchanged(preimage: Mapping[str, Any], root: str | Path) -> None:
+    """Refuse to run a stage whose code fingerprint no longer matches its key.
+
+    Keys are computed when Snakemake parses the workflow, but a job imports the modules when it
+    starts: an edit in between would publish an artifact under a key that names other code.
+    """
+    from caopd.plan import STAGE_CODE, code_fingerprint
+
+    stage = preimage["stage"]
+    if stage not in STAGE_CODE:
+        return
+    now = code_fingerprint(STAGE_CODE[stage], root)
+    if now != preimage["code"]:
+        raise StaleCodeError(
+            f"stage {stage}: its source changed since the workflow was planned (code {preimage['code']} "
+            f"-> {now}); rerun snakemake so the key covers the code that runs"
+        )
+
+
 @contextlib.contextmanager
 def open_job(
     *,
@@ -135,6 +158,7 @@ def open_job(
 def stage_job(smk: Any) -> Iterator[StageJob]:
     """:func:`open_job` from a Snakemake ``snakemake`` script object."""
     setup_logging(smk.log[0] if smk.log else None)
+    check_code_unchanged(smk.params.spec, smk.params.root)
     inputs = {name: smk.input[name] for name in smk.input.keys() if name != "tracking"}
     with open_job(
         preimage=smk.params.spec,

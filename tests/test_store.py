@@ -118,3 +118,20 @@ def test_same_key_reproduces_byte_identical_outputs(tmp_path):
     second = verify_artifact(_publish(tmp_path / "b"))["files"]
     assert first == second
     assert os.path.basename(str(tmp_path / "a")) != os.path.basename(str(tmp_path / "b"))
+
+
+def test_a_stage_whose_code_changed_after_planning_refuses_to_run(tmp_path):
+    import shutil
+
+    from caopd.job import StaleCodeError, check_code_unchanged
+    from caopd.plan import STAGE_CODE, code_fingerprint
+
+    root = Path(__file__).resolve().parent.parent
+    tree = tmp_path / "repo"
+    for part in ("caopd", "workflow"):
+        shutil.copytree(root / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
+    pre = {"stage": "targets", "params": {}, "code": code_fingerprint(STAGE_CODE["targets"], tree), "upstream": {}}
+    check_code_unchanged(pre, tree)
+    (tree / "caopd" / "targets.py").write_text((tree / "caopd" / "targets.py").read_text() + "\n# edited\n")
+    with pytest.raises(StaleCodeError, match="targets"):
+        check_code_unchanged(pre, tree)
