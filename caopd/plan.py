@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,7 +283,3 @@ def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> P
             by_key.setdefault((spec.stage, spec.key), spec)
     return Plan(variants=variants, by_key=by_key)
 
-
-def repo_root_from_env() -> Path:
-    """The repository whose sources are fingerprinted (``CAOPD_ROOT`` overrides, for tests)."""
-    return Path(os.environ.get("CAOPD_ROOT", Path(__file__).resolve().parent.parent))
