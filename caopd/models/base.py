@@ -60,7 +60,6 @@ def tiny_config(cfg: Mapping[str, Any], tokenizer):
 def tokenizer_corpus(seed: int, levels, n: int = 3000) -> list[str]:
     """Texts the tokenizer is trained on: rendered warm-up prompts and responses."""
     from caopd.models.warmup import warmup_mixture
-    from caopd.models.tokenizer import CHAT_TEMPLATE  # noqa: F401  (template text is in the prompts)
 
     texts = []
     for ex in warmup_mixture(n, seed=seed + 1, levels=levels):
