@@ -177,6 +177,26 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]], **template_k
     return [int(i) for i in out]
 
 
+def encode_checked(
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int,
+    max_positions: int | None,
+    **template_kwargs: Any,
+) -> list[list[int]]:
+    """Chat-templated ids of every prompt (generation prompt added); a ``ValueError`` names the
+    first prompt that cannot fit ``max_new_tokens`` more tokens in ``max_positions``."""
+    check_prompts(prompts)
+    encoded = [chat_prompt_ids(tokenizer, messages, **template_kwargs) for _, messages in prompts]
+    for (prompt_id, _), ids in zip(prompts, encoded):
+        if max_positions is not None and len(ids) + max_new_tokens > max_positions:
+            raise ValueError(
+                f"prompt {prompt_id!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                f"it exceeds the model's {max_positions} positions: lower max_new_tokens or shorten the prompt"
+            )
+    return encoded
+
+
 def resolve_stop_ids(tokenizer_eos: int | None, checkpoint_eos: int | Sequence[int] | None) -> list[int]:
     """Ids that end a completion: the tokenizer's eos, then the checkpoint generation config's.
 

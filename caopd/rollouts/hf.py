@@ -32,8 +32,7 @@ from caopd.rollouts.engine import (
     Prompt,
     RolloutRecord,
     SamplingConfig,
-    chat_prompt_ids,
-    check_prompts,
+    encode_checked,
     resolve_stop_ids,
 )
 
@@ -184,24 +183,16 @@ class HFEngine:
             **sampling,
         )
 
-    def encode_prompts(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """Chat-templated token ids of each prompt, generation prompt added."""
-        return [chat_prompt_ids(self.tokenizer, messages, **self.chat_template_kwargs) for _, messages in prompts]
+    def encode_prompts(self, prompts: Sequence[Prompt], max_new_tokens: int = 0) -> list[list[int]]:
+        """Chat-templated token ids of each prompt, generation prompt added, checked to fit."""
+        return encode_checked(self.tokenizer, prompts, max_new_tokens, self.max_positions, **self.chat_template_kwargs)
 
     def generate(self, prompts: Sequence[Prompt], config: SamplingConfig, seed: int) -> list[RolloutRecord]:
         """``config.n`` records per prompt, in input order (prompt, then sample index)."""
         import torch
         from tqdm import tqdm
 
-        check_prompts(prompts)
-        prompt_ids = self.encode_prompts(prompts)
-        for (prompt_id, _), ids in zip(prompts, prompt_ids):
-            if self.max_positions is not None and len(ids) + config.max_new_tokens > self.max_positions:
-                raise ValueError(
-                    f"prompt {prompt_id!r} has {len(ids)} tokens; with max_new_tokens={config.max_new_tokens} "
-                    f"it exceeds the model's {self.max_positions} positions: lower max_new_tokens or "
-                    "shorten the prompt"
-                )
+        prompt_ids = self.encode_prompts(prompts, config.max_new_tokens)
         generation_config = self.generation_config(config)
         batches = plan_batches([len(ids) for ids in prompt_ids], config.n, config.batch_size)
         completions: dict[tuple[int, int], tuple[list[int], str]] = {}

@@ -29,8 +29,7 @@ from caopd.rollouts.engine import (
     Prompt,
     RolloutRecord,
     SamplingConfig,
-    chat_prompt_ids,
-    check_prompts,
+    encode_checked,
     resolve_stop_ids,
 )
 
@@ -113,20 +112,13 @@ class VLLMEngine:
             detokenize=False,
         )
 
-    def encode_prompts(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """Chat-templated token ids of each prompt, generation prompt added."""
-        return [chat_prompt_ids(self.tokenizer, messages, **self.chat_template_kwargs) for _, messages in prompts]
+    def encode_prompts(self, prompts: Sequence[Prompt], max_new_tokens: int = 0) -> list[list[int]]:
+        """Chat-templated token ids of each prompt, generation prompt added, checked to fit."""
+        return encode_checked(self.tokenizer, prompts, max_new_tokens, self.max_model_len, **self.chat_template_kwargs)
 
     def generate(self, prompts: Sequence[Prompt], config: SamplingConfig, seed: int) -> list[RolloutRecord]:
         """``config.n`` records per prompt, in input order (prompt, then sample index)."""
-        check_prompts(prompts)
-        prompt_ids = self.encode_prompts(prompts)
-        for (prompt_id, _), ids in zip(prompts, prompt_ids):
-            if self.max_model_len is not None and len(ids) + config.max_new_tokens > self.max_model_len:
-                raise ValueError(
-                    f"prompt {prompt_id!r} has {len(ids)} tokens; with max_new_tokens={config.max_new_tokens} "
-                    f"it exceeds max_model_len={self.max_model_len}: lower max_new_tokens or shorten the prompt"
-                )
+        prompt_ids = self.encode_prompts(prompts, config.max_new_tokens)
         params = [self.sampling_params(config, prompt_seed(seed, prompt_id)) for prompt_id, _ in prompts]
         outputs = self.llm.generate(
             [{"prompt_token_ids": ids} for ids in prompt_ids],
