@@ -8,7 +8,15 @@ from collections import Counter
 import pytest
 
 from caopd.tasks import arith, get_task
-from caopd.tasks.arith import LEVELS, ArithTask, generate, response
+from caopd.tasks.arith import (
+    FAR_DELTAS,
+    FAR_DISTRACTORS,
+    LEVELS,
+    NEAR_DELTAS,
+    ArithTask,
+    generate,
+    response,
+)
 from caopd.tasks.mcq import LETTERS
 from caopd.tasks.prompts import CONFIDENCE_INSTRUCTION
 
@@ -19,7 +27,7 @@ def _options() -> dict:
     return {
         "name": "arith",
         "sizes": {"train": 300, "val": 50, "eval": 100},
-        "arith": {"levels": ALL_LEVELS, "level_weights": None},
+        "arith": {"levels": ALL_LEVELS, "level_weights": None, "eval_seed": 0},
         "paths": {"train": None, "val": None, "eval": None},
     }
 
@@ -72,11 +80,11 @@ def test_exclude_is_respected():
 
 
 def test_exhausted_level_space_raises(monkeypatch):
-    # shrink level 1 to 0 + 0: options 0 and 3 of {1, 2, 10, 20}, 4 * 4! = 96 questions
+    # shrink level 1 to 0 + 0: options {0, 1, 2, 3} (near misses lie above 0), 4! = 24 questions
     monkeypatch.setitem(arith.LEVELS, 1, ("+", (0, 0), (0, 0)))
-    assert len(generate(96, seed=0, levels=[1])) == 96
+    assert len(generate(24, seed=0, levels=[1])) == 24
     with pytest.raises(ValueError, match="exhausted"):
-        generate(97, seed=0, levels=[1])
+        generate(25, seed=0, levels=[1])
 
 
 @pytest.mark.parametrize("level", ALL_LEVELS)
@@ -92,12 +100,16 @@ def test_level_visible_and_correct_option_is_the_result(level):
         options = meta["options"]
         assert options[LETTERS.index(example.ground_truth)] == expected
         assert len(set(options)) == 4 and all(v >= 0 for v in options)
-        listed = re.findall(r"^([A-D])\) (\d+)$", example.question, re.MULTILINE)
-        assert [(L, int(v)) for L, v in listed] == list(zip(LETTERS, options))
+        listed = re.findall(r"^(\d+)\(([A-D])\)$", example.question, re.MULTILINE)
+        assert [(L, int(v)) for v, L in listed] == list(zip(LETTERS, options))
+        shared = sum(v % 10 == expected % 10 for v in options if v != expected)
+        assert shared == FAR_DISTRACTORS[level]
+        assert all(abs(v - expected) in NEAR_DELTAS + FAR_DELTAS for v in options if v != expected)
         assert example.messages == [{"role": "user", "content": example.question}]
         assert example.question.count(CONFIDENCE_INSTRUCTION) == 1
         assert example.demonstration == (
-            f"{meta['a']} {op} {meta['b']} = {expected}\n<answer>{example.ground_truth}</answer>"
+            f"{meta['a']} {op} {meta['b']} = {expected}({example.ground_truth})\n"
+            f"<answer>{example.ground_truth}</answer>"
         )
 
 
@@ -144,8 +156,8 @@ def test_verify_response_with_right_and_wrong_letter():
         wrong_letter = next(L for L in LETTERS if L != example.ground_truth)
         wrong = response(example, answer_letter=wrong_letter, confidence=None)
         assert not task.verify(wrong, example.ground_truth)
-        stated = int(wrong.split("\n")[0].rsplit("= ", 1)[1])
-        assert stated == example.meta["options"][LETTERS.index(wrong_letter)]
+        stated = wrong.split("\n")[0].rsplit("= ", 1)[1]
+        assert stated == f"{example.meta['options'][LETTERS.index(wrong_letter)]}({wrong_letter})"
         assert "Confidence" not in wrong
 
 
@@ -160,6 +172,18 @@ def test_response_without_work_and_bad_arguments():
         response(example, answer_letter="A", confidence=1.5)
 
 
+def test_eval_split_is_fixed_across_run_seeds_and_train_val_are_not():
+    task = ArithTask()
+    first, second = task.load_splits(_options(), seed=0), task.load_splits(_options(), seed=1)
+    assert [e.to_row() for e in first["eval"]] == [e.to_row() for e in second["eval"]]
+    assert {e.question for e in first["train"]} != {e.question for e in second["train"]}
+    moved = _options()
+    moved["arith"]["eval_seed"] = 5
+    assert {e.question for e in task.load_splits(moved, seed=0)["eval"]} != {
+        e.question for e in first["eval"]
+    }
+
+
 def test_load_splits_rejects_missing_size():
     options = _options()
     options["sizes"]["val"] = None
@@ -171,7 +195,7 @@ def test_registry():
     from caopd.tasks import TASKS
 
     assert set(TASKS) == {"arith", "science", "tooluse"}
-    assert get_task("arith").name == "arith" and get_task("arith").version == "1"
+    assert get_task("arith").name == "arith" and get_task("arith").version == "2"
     with pytest.raises(KeyError, match="arith"):
         get_task("nope")
 

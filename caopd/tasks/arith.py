@@ -15,25 +15,45 @@ level  op  a           b
 5      *   10 - 99     10 - 99
 =====  ==  ==========  ==========
 
-Options: four non-negative integers, the result and three distinct distractors. Distractors are
-near misses ``result ± d`` with ``d`` in ``{1, 2, 10, 20}`` for ``+`` and ``{1, 2, 10, a, b}`` for
-``*`` (a factor off by one), negative values excluded. The number ``k`` of distractors below the
-result is drawn uniformly from what the candidates allow (0–3 away from tiny results), the
-distractors uniformly from each side, so the correct value is not simply the median option.
-The correct letter is uniform over A–D; the distractors fill the other letters in random order.
+Options: four non-negative integers, the result and three distinct distractors, each written
+value first with its letter glued on, ``55(B)``. The level also sets how many distractors share
+the result's last digit ("far" misses ``result ± d``, ``d`` in ``{10, 20, 30}``); the others are
+"near" misses ``result ± d``, ``d`` in ``{1, 2, 3}``, whose last digit differs:
+
+=====  =============================
+level  far distractors (shared digit)
+=====  =============================
+1      0
+2      1
+3      2
+4      2
+5      3
+=====  =============================
+
+So a harder level both asks for more arithmetic and leaves fewer options that a last-digit check
+rules out, as harder multiple-choice questions have closer distractors. How many distractors lie
+below the result is drawn uniformly from what non-negativity allows (0-3), so the correct value
+is not simply the median option. The correct letter is uniform over A-D; the distractors
+fill the other letters in random order.
+
+Why value first: a model reads the letter of the option it computed by finding the value in its
+context and copying the token after it, the in-context lookup ("induction") a language model
+does; with the letter written before the value the tiny model has to look backwards from a
+match, which it does not learn in a CPU budget (``docs/tiny_model.md``).
 
 Question (the single user turn; the tiny model has no system message)::
 
     Level {L}. What is {a} {op} {b}?
-    A) {x}
-    B) {y}
-    C) {z}
-    D) {w}
+    Options:
+    {x}(A)
+    {y}(B)
+    {z}(C)
+    {w}(D)
     Answer with the letter of the correct option as <answer>X</answer>.
 
     Confidence: your confidence level (0.0-1.0) ...
 
-Demonstration: ``{a} {op} {b} = {result}\\n<answer>{letter}</answer>``.
+Demonstration: ``{a} {op} {b} = {result}({letter})\\n<answer>{letter}</answer>``.
 
 Determinism: every draw comes from one ``random.Random(seed)`` per call of :func:`generate`.
 Uniqueness: two examples are the same question when their question texts are equal, i.e. the
@@ -42,8 +62,10 @@ b)``). So a split never repeats a question and splits never share one, but the s
 different options may occur in two splits; level 1 has only 100 ``(a, b)`` pairs.
 
 Splits (:meth:`ArithTask.load_splits`): ``eval`` is drawn first with
-``split_seed(seed, "eval")``, then ``val`` excluding eval's questions, then ``train`` excluding
-both, so the evaluation set does not depend on the train or val sizes.
+``split_seed(eval_seed, "eval")``, where ``eval_seed`` (``task.arith.eval_seed``) is fixed apart
+from the run seed, so every seed of the pipeline is evaluated on the same questions; then ``val``
+with ``split_seed(seed, "val")`` excluding eval's questions, then ``train`` excluding both. The
+evaluation set therefore depends on neither the run seed nor the train or val sizes.
 """
 
 from __future__ import annotations
@@ -65,8 +87,10 @@ LEVELS: dict[int, tuple[str, tuple[int, int], tuple[int, int]]] = {
     4: ("*", (2, 9), (10, 99)),
     5: ("*", (10, 99), (10, 99)),
 }
-ADD_DELTAS = (1, 2, 10, 20)
-MUL_DELTAS = (1, 2, 10)  # plus a and b
+NEAR_DELTAS = (1, 2, 3)  # change the last digit
+FAR_DELTAS = (10, 20, 30)  # keep the last digit
+#: level -> how many of the three distractors are far (share the result's last digit)
+FAR_DISTRACTORS: dict[int, int] = {1: 0, 2: 1, 3: 2, 4: 2, 5: 3}
 
 
 def _check_levels(levels: Sequence[int], level_weights: Sequence[float] | None) -> None:
@@ -87,12 +111,12 @@ def _check_levels(levels: Sequence[int], level_weights: Sequence[float] | None) 
             )
 
 
-def _distractors(result: int, a: int, b: int, op: str, rng: random.Random) -> list[int]:
-    deltas = set(ADD_DELTAS) if op == "+" else set(MUL_DELTAS) | {a, b}
-    below = sorted({result - d for d in deltas if result - d >= 0})
-    above = sorted({result + d for d in deltas})
-    k = rng.randint(max(0, 3 - len(above)), min(3, len(below)))
-    return rng.sample(below, k) + rng.sample(above, 3 - k)
+def _distractors(result: int, level: int, rng: random.Random) -> list[int]:
+    n_far = FAR_DISTRACTORS[level]
+    deltas = rng.sample(FAR_DELTAS, n_far) + rng.sample(NEAR_DELTAS, 3 - n_far)
+    can_go_below = [d for d in deltas if result - d >= 0]
+    below = set(rng.sample(can_go_below, rng.randint(0, len(can_go_below))))
+    return [result - d if d in below else result + d for d in deltas]
 
 
 def _draw(level: int, rng: random.Random, example_id: str) -> Example:
@@ -100,21 +124,21 @@ def _draw(level: int, rng: random.Random, example_id: str) -> Example:
     a = rng.randint(a_lo, a_hi)
     b = rng.randint(b_lo, b_hi)
     result = a + b if op == "+" else a * b
-    distractors = _distractors(result, a, b, op, rng)
+    distractors = _distractors(result, level, rng)
     rng.shuffle(distractors)
     correct = rng.randrange(4)
     options = distractors[:correct] + [result] + distractors[correct:]
     letter = LETTERS[correct]
-    listed = "\n".join(f"{L}) {value}" for L, value in zip(LETTERS, options))
+    listed = "\n".join(f"{value}({L})" for L, value in zip(LETTERS, options))
     question = with_confidence_instruction(
-        f"Level {level}. What is {a} {op} {b}?\n{listed}\n"
+        f"Level {level}. What is {a} {op} {b}?\nOptions:\n{listed}\n"
         "Answer with the letter of the correct option as <answer>X</answer>."
     )
     return Example(
         id=example_id,
         messages=[{"role": "user", "content": question}],
         question=question,
-        demonstration=f"{a} {op} {b} = {result}\n<answer>{letter}</answer>",
+        demonstration=f"{a} {op} {b} = {result}({letter})\n<answer>{letter}</answer>",
         ground_truth=letter,
         level=level,
         meta={"a": a, "b": b, "op": op, "result": result, "options": options},
@@ -180,7 +204,7 @@ def response(
 ) -> str:
     """A well-formed model response to an arith ``example`` (the tiny model's warm-up text).
 
-    ``"{a} {op} {b} = {value}\\n<answer>{letter}</answer>\\nConfidence: {confidence:.2f}"``
+    ``"{a} {op} {b} = {value}({letter})\\n<answer>{letter}</answer>\\nConfidence: {confidence:.2f}"``
     where ``value`` is the option behind ``answer_letter`` (the result when the letter is right,
     the distractor's value when it is wrong). ``with_work=False`` drops the first line;
     ``confidence=None`` drops the last.
@@ -194,7 +218,7 @@ def response(
     if with_work:
         meta = example.meta
         value = meta["options"][LETTERS.index(letter)]
-        lines.append(f"{meta['a']} {meta['op']} {meta['b']} = {value}")
+        lines.append(f"{meta['a']} {meta['op']} {meta['b']} = {value}({letter})")
     lines.append(f"<answer>{letter}</answer>")
     if confidence is not None:
         if not 0.0 <= confidence <= 1.0:
@@ -209,7 +233,7 @@ class ArithTask:
     """The ``arith`` task: generated splits and the shared multiple-choice verifier."""
 
     name: ClassVar[str] = "arith"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
 
     def verify(self, completion: str, ground_truth: str) -> bool:
         """True when the last ``<answer>`` letter of ``completion`` is ``ground_truth``."""
@@ -224,9 +248,11 @@ class ArithTask:
 
         Args:
             options: the ``task`` config subtree; reads ``sizes.{train,val,eval}`` (integers)
-                and ``arith.levels`` / ``arith.level_weights``; ``paths`` is ignored.
-            seed: the run seed; split ``s`` is generated with ``split_seed(seed, s)``, in the
-                order eval, val, train (module docstring).
+                and ``arith.levels`` / ``arith.level_weights`` / ``arith.eval_seed``; ``paths``
+                is ignored.
+            seed: the run seed; split ``s`` is generated with ``split_seed(seed, s)`` (``eval``:
+                with ``split_seed(eval_seed, "eval")``), in the order eval, val, train (module
+                docstring).
         """
         sizes = options["sizes"]
         arith = options["arith"]
@@ -238,9 +264,10 @@ class ArithTask:
             n = sizes[split]
             if isinstance(n, bool) or not isinstance(n, int):
                 raise ValueError(f"task.sizes.{split} must be an integer for arith, got {n!r}")
+            draw_seed = arith.get("eval_seed", seed) if split == "eval" else seed
             splits[split] = generate(
                 n,
-                seed=split_seed(seed, split),
+                seed=split_seed(draw_seed, split),
                 levels=levels,
                 level_weights=weights,
                 split=split,
