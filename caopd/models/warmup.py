@@ -13,12 +13,12 @@ teacher prompt with a    the demonstration's answer, then the note's     follows
 P_acc and the note       value ``Confidence: {p:.2f}``                   stated confidence
 =======================  ==============================================  ======================
 
-Before the mixture, ``induction_steps`` steps of a copy task (random token sequences shown
-twice, loss on the repeat) stand in for a real model's pretraining: they form the in-context
-copying ("induction") heads that the demonstration and the note are used through. Without them a
-model this small has not learned to copy from its context after thousands of mixture steps (its
-answer letter stays at chance even with the demonstration in view); with them it copies the
-demonstration's answer within a few hundred.
+Before the mixture, ``induction_steps`` steps of a copy task (random token sequences with a span
+repeated at a random offset, loss on the repeat) stand in for a real model's pretraining: they
+form the in-context copying ("induction") heads through which the model reads the letter glued
+to the option value it computed, copies the demonstration and states the note's value. Without
+them a model this small leaves its answer letter at chance after thousands of mixture steps, even
+when its work line has the right value.
 
 The mixture's loss is on response tokens only. The warm-up questions are drawn with their own
 seed, apart from the prepared splits (a real base model has also seen arithmetic before).
@@ -83,9 +83,36 @@ def tokenize_example(tokenizer, ex: WarmupExample) -> tuple[list[int], int]:
     return prompt_ids + response_ids, len(prompt_ids)
 
 
-def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_size: int, seed: int) -> float:
-    """Copy-task pretraining: ``[s, s]`` for random ``s`` of ``length`` ordinary tokens, loss on
-    the second ``s``. Returns the last loss."""
+def induction_batch(vocab, *, batch_size: int, length: int, min_span: int, generator):
+    """One copy-task batch: ``(input_ids, labels)``, both ``(batch_size, length)``.
+
+    Row ``r`` is random ``vocab`` tokens in which a span ``s`` of random length ``n`` in
+    ``[min_span, length // 2]`` starts at a random offset ``p`` and is repeated right after itself
+    (positions ``p + n .. p + 2n - 1``). Labels are the repeat's tokens after its first (the
+    first is unpredictable), ``-100`` elsewhere. Because ``n`` and ``p`` vary by row, the repeat
+    can only be predicted by matching content (an induction head), not a fixed offset.
+    """
+    import torch
+
+    ids = vocab[torch.randint(len(vocab), (batch_size, length), generator=generator)]
+    labels = torch.full_like(ids, -100)
+    for row in range(batch_size):
+        n = int(torch.randint(min_span, length // 2 + 1, (1,), generator=generator))
+        p = int(torch.randint(0, length - 2 * n + 1, (1,), generator=generator))
+        ids[row, p + n : p + 2 * n] = ids[row, p : p + n]
+        labels[row, p + n + 1 : p + 2 * n] = ids[row, p + n + 1 : p + 2 * n]
+    return ids, labels
+
+
+def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_size: int, seed: int,
+                    min_span: int = 6) -> float:
+    """Copy-task pretraining on :func:`induction_batch` batches. Returns the last loss.
+
+    A fixed-length copy task (``[s, s]``) is solved by a head that looks a fixed distance back
+    and forms no induction head; with random span lengths and offsets the loss stays near
+    ``log(vocab)`` for a few hundred steps, then drops as induction heads form (a phase change:
+    about 550 steps at batch 64, length 48 for the default tiny model).
+    """
     import torch
 
     special = set(tokenizer.all_special_ids)
@@ -93,10 +120,8 @@ def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_siz
     gen = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
     for _ in range(steps):
-        seq = vocab[torch.randint(len(vocab), (batch_size, length), generator=gen)]
-        ids = torch.cat([seq, seq], dim=1)
-        labels = ids.clone()
-        labels[:, :length] = -100
+        ids, labels = induction_batch(vocab, batch_size=batch_size, length=length,
+                                      min_span=min_span, generator=gen)
         loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,6 +129,47 @@ def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_siz
         opt.step()
         loss_value = loss.item()
     return loss_value
+
+
+def length_bucketed_batches(lengths: Sequence[int], *, batch_size: int, n_batches: int, seed: int,
+                            pool: int = 8) -> list[list[int]]:
+    """``n_batches`` batches of example indices, few pad tokens, order still random.
+
+    Each epoch shuffles the indices, sorts every run of ``pool * batch_size`` of them by length,
+    cuts the runs into batches and shuffles the batches; epochs repeat until ``n_batches``.
+    A batch thus holds examples of similar length drawn at random from a pool of ``pool``
+    batches' worth, which cuts the padding the mixture's spread of prompt lengths would cost.
+    """
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    while len(batches) < n_batches:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        epoch = []
+        span = pool * batch_size
+        for start in range(0, len(order) - batch_size + 1, span):
+            run = sorted(order[start : start + span], key=lambda i: lengths[i])
+            epoch.extend(run[b : b + batch_size] for b in range(0, len(run) - batch_size + 1, batch_size))
+        if not epoch:
+            raise ValueError(f"warm-up: {len(lengths)} examples are fewer than one batch of {batch_size}")
+        rng.shuffle(epoch)
+        batches.extend(epoch)
+    return batches[:n_batches]
+
+
+def response_loss(model, input_ids, attention_mask, labels):
+    """Mean next-token cross-entropy over the positions whose ``labels`` are not ``-100``.
+
+    The same value as ``model(..., labels=labels).loss``, but the LM head and the softmax run on
+    the labelled positions only (a warm-up batch is mostly prompt). Shapes: ``(batch, seq)``.
+    """
+    import torch
+
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mapping[str, Any], *,
@@ -128,21 +194,18 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
 
     if cfg["induction_steps"]:
         induction_loss = train_induction(
-            model, tokenizer, opt, steps=cfg["induction_steps"], length=24, batch_size=64, seed=seed
+            model, tokenizer, opt, steps=cfg["induction_steps"], length=48, batch_size=64, seed=seed
         )
         if tracker is not None:
             tracker.log_metrics({"induction_loss": induction_loss}, step=0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = length_bucketed_batches([len(ids) for ids, _ in encoded], batch_size=batch_size,
+                                      n_batches=steps, seed=seed)
     pad = tokenizer.pad_token_id
     curve, running = [], []
     model.train()
-    cursor = 0
     for step in tqdm(range(steps), desc="warm-up", mininterval=5):
-        if cursor + batch_size > len(order):
-            cursor = 0
-        batch = [encoded[i] for i in order[cursor : cursor + batch_size]]
-        cursor += batch_size
+        batch = [encoded[i] for i in batches[step]]
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -151,7 +214,7 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
             input_ids[row, : len(ids)] = torch.tensor(ids)
             labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
             attention[row, : len(ids)] = 1
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        loss = response_loss(model, input_ids, attention, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
