@@ -1,0 +1,105 @@
+"""The paper's finding as five checks on the metrics of the ``base``, ``sdft`` and ``caopd`` runs.
+
+Issue 5's thresholds: on-policy self-distillation makes the student overconfident, CaOPD makes
+it calibrated and its confidence informative, and accuracy does not suffer.
+
+=====================  ===================================================================
+check                  holds when
+=====================  ===================================================================
+sdft_overconfident     gap(sdft) >= +0.15 and the lower end of its 95% interval > 0
+caopd_calibrated       |gap(caopd)| <= 0.05
+ece_halved             ECE(caopd) <= 0.5 * ECE(sdft)
+confidence_informative SPR(caopd) >= SPR(sdft) + 0.2
+capability_kept        acc(caopd) >= acc(sdft) - 0.03 and acc(caopd) >= acc(base)
+=====================  ===================================================================
+
+``gap`` is the overconfidence gap (mean confidence - accuracy). Each metrics mapping is a
+variant's ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`): the point values at the
+top level, the intervals under ``ci95`` as ``[low, high]``.
+
+Print them for a finished run (its ``results/index/<variant>.json`` files name the metrics)::
+
+    python -m caopd.evaluation.claims results/index
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VARIANTS = ("base", "sdft", "caopd")
+#: slack on every threshold, so that float rounding of an exact boundary value still passes
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def paper_checks(metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
+    """The five checks (module docstring) on ``metrics[variant]`` for ``base``, ``sdft``, ``caopd``.
+
+    Raises:
+        KeyError: naming the variant or metric that is missing.
+    """
+    for variant in VARIANTS:
+        if variant not in metrics:
+            raise KeyError(f"paper checks need the metrics of variant {variant!r}; got {sorted(metrics)}")
+    base, sdft, caopd = (metrics[v] for v in VARIANTS)
+    sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft["ci95"]["overconfidence_gap"][0]
+    caopd_gap = caopd["overconfidence_gap"]
+    eps = TOLERANCE
+    return [
+        Check("sdft_overconfident", sdft_gap >= 0.15 - eps and sdft_low > 0,
+              f"gap(sdft) {sdft_gap:+.3f}, 95% CI low {sdft_low:+.3f} (need >= +0.15, > 0)"),
+        Check("caopd_calibrated", abs(caopd_gap) <= 0.05 + eps,
+              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= 0.05)"),
+        Check("ece_halved", caopd["ece"] <= 0.5 * sdft["ece"] + eps,
+              f"ECE caopd {caopd['ece']:.3f} vs sdft {sdft['ece']:.3f} (need <= half)"),
+        Check("confidence_informative", caopd["spr"] >= sdft["spr"] + 0.2 - eps,
+              f"SPR caopd {caopd['spr']:.3f} vs sdft {sdft['spr']:.3f} (need >= +0.2)"),
+        Check("capability_kept",
+              caopd["accuracy"] >= sdft["accuracy"] - 0.03 - eps
+              and caopd["accuracy"] >= base["accuracy"] - eps,
+              f"accuracy caopd {caopd['accuracy']:.3f}, sdft {sdft['accuracy']:.3f}, "
+              f"base {base['accuracy']:.3f} (need >= sdft - 0.03 and >= base)"),
+    ]
+
+
+def metrics_from_index(index_dir: Path, root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """``{variant: metrics}`` for the variants of :data:`VARIANTS` indexed in ``index_dir``.
+
+    ``root`` is the directory the index's paths are relative to (default: the parent of
+    ``index_dir``'s parent, i.e. the workflow's working directory).
+    """
+    root = index_dir.parent.parent if root is None else root
+    out = {}
+    for variant in VARIANTS:
+        path = index_dir / f"{variant}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no index for variant {variant!r}; run its target first")
+        index = json.loads(path.read_text())
+        if not index.get("metrics"):
+            raise FileNotFoundError(f"{path}: variant {variant!r} has no metrics yet")
+        out[variant] = json.loads((root / index["metrics"]).read_text())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    index_dir = Path(args[0] if args else "results/index")
+    checks = paper_checks(metrics_from_index(index_dir))
+    for check in checks:
+        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<24} {check.detail}")
+    return 0 if all(c.passed for c in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
