@@ -114,6 +114,11 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             "true; set greedy: false for sampled evaluation, or n_samples: 1"
         )
     task = cfg.get("task", {})
+    if ev and task and ev["split"] == "val" and task["sizes"]["val"] == 0:
+        raise ConfigError(
+            f"{where}: key 'evaluation.split' is 'val' but 'task.sizes.val' is 0: there is no "
+            "validation split to evaluate on"
+        )
     if task and task["name"] != "arith":
         if not task["paths"]["eval"]:
             raise ConfigError(

@@ -46,6 +46,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "distill": ("caopd/training", "workflow/scripts/distill.py"),
     "eval_rollouts": ("caopd/rollouts", "workflow/scripts/eval_rollouts.py"),
     "evaluate": (
+        "caopd/evaluation/stage.py",
         "caopd/evaluation/metrics.py",
         "caopd/evaluation/bootstrap.py",
         "caopd/evaluation/summary.py",
@@ -242,10 +243,12 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         student = distill
 
     generation = {key: cfg["evaluation"][key] for key in ("greedy", "n_samples", "temperature", "max_new_tokens", "batch_size")}
-    eval_roll = _spec("eval_rollouts", None, {"evaluation": generation, "split": "eval"}, root, data=data, model=student)
+    split = cfg["evaluation"]["split"]
+    eval_roll = _spec("eval_rollouts", None, {"evaluation": generation, "split": split}, root, data=data, model=student)
     scoring = {key: cfg["evaluation"][key] for key in ("n_bins", "bootstrap")}
     evaluate = _spec(
-        "evaluate", None, {"evaluation": scoring, "task": cfg["task"]["name"]}, root, data=data, rollouts=eval_roll
+        "evaluate", None, {"evaluation": scoring, "task": cfg["task"]["name"], "split": split}, root,
+        data=data, rollouts=eval_roll,
     )
     plot_inputs = {"evaluate": evaluate}
     for spec in stages:

@@ -80,6 +80,10 @@ def test_bad_combinations_say_what_to_change():
         resolve(deep_merge(_raw(), {"rollouts": {"max_new_tokens": 100}}))
     with pytest.raises(ConfigError, match="task.paths.eval"):
         resolve(deep_merge(_raw(), {"task": {"name": "science"}}))
+    with pytest.raises(ConfigError, match="evaluation.split"):
+        resolve(deep_merge(_raw(), {"evaluation": {"split": "val"}, "task": {"sizes": {"val": 0}}}))
+    with pytest.raises(ConfigError, match="evaluation.split"):
+        resolve(deep_merge(_raw(), {"evaluation": {"split": "train"}}))
 
 
 def test_variant_named_like_a_rule_is_rejected():

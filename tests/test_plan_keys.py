@@ -110,3 +110,14 @@ def test_raw_data_files_enter_the_data_key(tmp_path):
     (data / "rows.arrow").write_bytes(b"two")
     second = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
     assert first != second
+
+
+def test_evaluating_on_val_changes_only_the_evaluation_keys():
+    plan = build_plan(_config(), ROOT)
+    on_val = build_plan(_config(evaluation={"split": "val"}), ROOT)
+    for variant in ("base", "sdft", "caopd"):
+        before, after = _keys(plan, variant), _keys(on_val, variant)
+        changed = {stage for stage in before if before[stage] != after[stage]}
+        assert changed == {("eval_rollouts", None), ("evaluate", None), ("plots", None)}
+    spec = next(s for s in on_val.variants["caopd"].stages if s.stage == "evaluate")
+    assert spec.params["split"] == "val"

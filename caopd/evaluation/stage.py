@@ -1,5 +1,8 @@
 """Stage evaluate: verify and parse a model's eval answers, then summarise (DESIGN §8).
 
+``evaluation.split`` picks the split: ``eval`` (the default, the reported figures) or ``val``
+(the held-out questions settings are chosen on, so that nothing is tuned on ``eval``).
+
 Writes ``scored.parquet`` (one row per answer: prompt id, sample index, level, correctness,
 confidence, parse flags) and ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`, plus
 per-level accuracy and confidence).
@@ -26,11 +29,12 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     from caopd.rollouts.engine import read_rollouts
     from caopd.rollouts.stage import ROLLOUTS_FILE
 
-    examples = {ex.id: ex for ex in read_split(inputs["data"], "eval")}
+    split = params.get("split", "eval")
+    examples = {ex.id: ex for ex in read_split(inputs["data"], split)}
     records = read_rollouts(Path(inputs["rollouts"]) / ROLLOUTS_FILE)
     missing = [r.prompt_id for r in records if r.prompt_id not in examples]
     if missing:
-        raise ValueError(f"{inputs['rollouts']}: prompt id {missing[0]!r} is not in the eval split")
+        raise ValueError(f"{inputs['rollouts']}: prompt id {missing[0]!r} is not in the {split} split")
     truths = [examples[r.prompt_id].ground_truth for r in records]
     scored = score_rows([r.text for r in records], truths, params["task"])
     scored.insert(0, "prompt_id", [r.prompt_id for r in records])
@@ -50,6 +54,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
         metrics["per_level"] = per_level
     metrics["task"] = params["task"]
     metrics["n_questions"] = int(np.unique(groups).size)
+    metrics["split"] = split
     scored.to_parquet(Path(out) / SCORED_FILE, index=False)
     write_json(Path(out) / METRICS_FILE, to_jsonable(metrics))
     return {k: metrics[k] for k in ("n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "spr")}
