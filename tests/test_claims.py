@@ -76,6 +76,9 @@ def test_reads_a_run_through_its_index(tmp_path, capsys):
     assert metrics_from_index(index)["caopd"]["spr"] == 0.40
     assert main([str(index)]) == 0
     assert capsys.readouterr().out.count("PASS") == 5
+    (index / "caopd_b.json").write_text((index / "sdft.json").read_text())  # sdft as "caopd"
+    assert main([str(index), "--caopd", "caopd_b"]) == 1
+    assert "FAIL  confidence_informative" in capsys.readouterr().out
     (index / "base.json").unlink()
     with pytest.raises(FileNotFoundError, match="base"):
         metrics_from_index(index)

@@ -20,6 +20,10 @@ top level, the intervals under ``ci95`` as ``[low, high]``.
 Print them for a finished run (its ``results/index/<variant>.json`` files name the metrics)::
 
     python -m caopd.evaluation.claims results/index
+    python -m caopd.evaluation.claims results/index --sdft sdft_lr3e4 --caopd caopd_lr3e4
+
+(the second form checks other variants in the three roles, e.g. a sweep of config/tuning.yaml).
+Exit status 0 when all five hold.
 """
 
 from __future__ import annotations
@@ -73,29 +77,38 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
     ]
 
 
-def metrics_from_index(index_dir: Path, root: Path | None = None) -> dict[str, dict[str, Any]]:
-    """``{variant: metrics}`` for the variants of :data:`VARIANTS` indexed in ``index_dir``.
+def metrics_from_index(index_dir: Path, root: Path | None = None,
+                       names: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{role: metrics}`` for the roles of :data:`VARIANTS`, read through ``index_dir``.
 
+    ``names`` maps a role to the variant that plays it (default: the variant of the same name).
     ``root`` is the directory the index's paths are relative to (default: the parent of
     ``index_dir``'s parent, i.e. the workflow's working directory).
     """
     root = index_dir.parent.parent if root is None else root
     out = {}
-    for variant in VARIANTS:
+    for role in VARIANTS:
+        variant = (names or {}).get(role, role)
         path = index_dir / f"{variant}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no index for variant {variant!r}; run its target first")
         index = json.loads(path.read_text())
         if not index.get("metrics"):
             raise FileNotFoundError(f"{path}: variant {variant!r} has no metrics yet")
-        out[variant] = json.loads((root / index["metrics"]).read_text())
+        out[role] = json.loads((root / index["metrics"]).read_text())
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    index_dir = Path(args[0] if args else "results/index")
-    checks = paper_checks(metrics_from_index(index_dir))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.claims", description=__doc__.splitlines()[0])
+    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
+    for role in VARIANTS:
+        parser.add_argument(f"--{role}", default=role, help=f"variant in the role of {role!r}")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    names = {role: getattr(args, role) for role in VARIANTS}
+    checks = paper_checks(metrics_from_index(args.index_dir, names=names))
     for check in checks:
         print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<24} {check.detail}")
     return 0 if all(c.passed for c in checks) else 1
