@@ -69,3 +69,4 @@ def test_mixture_uses_the_glued_option_format():
         work = ex.response.split("\n")[0]
         letter = ex.response.split("<answer>")[1][0]
         assert work.endswith(f"({letter})") and f"\n{work.split('= ')[1]}\n" in ex.messages[0]["content"] + "\n"
+

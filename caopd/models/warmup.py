@@ -36,8 +36,11 @@ from caopd.tasks import arith
 from caopd.tasks.prompts import teacher_messages
 
 #: Stated confidences of the warmed-up student, drawn uniformly whatever the question: like the
-#: verbal confidence of real LLMs, high and uninformative.
-BASE_CONFIDENCES: tuple[float, ...] = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+#: verbal confidence of real LLMs, high and uninformative. 1.00 is among them so that the student
+#: samples it itself: on-policy distillation trains only prefixes the student samples, and a
+#: student that never wrote ``Confidence: 1`` learns SDFT's first digit without the rest (it then
+#: writes ``Confidence: 10.00``; measured: format adherence 0.52 after SDFT at lr 3e-4).
+BASE_CONFIDENCES: tuple[float, ...] = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 #: Share of each kind of warm-up example (student prompt, SDFT teacher, CaOPD teacher with note).
 MIXTURE: dict[str, float] = {"student": 0.5, "teacher_sdft": 0.2, "teacher_note": 0.3}
