@@ -19,7 +19,7 @@ TINY = {
     "num_heads": 2,
     "num_kv_heads": 1,
     "max_positions": 512,
-    "warmup": {"steps": 3, "batch_size": 4, "lr": 1e-3, "examples": 40, "induction_steps": 2},
+    "warmup": {"steps": 3, "batch_size": 4, "lr": 1e-3, "examples": 40, "induction_steps": 2, "induction_max_steps": 4, "induction_stop_loss": 0.5},
 }
 
 

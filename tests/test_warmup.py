@@ -70,3 +70,40 @@ def test_mixture_uses_the_glued_option_format():
         letter = ex.response.split("<answer>")[1][0]
         assert work.endswith(f"({letter})") and f"\n{work.split('= ')[1]}\n" in ex.messages[0]["content"] + "\n"
 
+
+
+class _ScriptedLoss(torch.nn.Module):
+    """A stand-in model whose loss follows a script (the stopping rule is what is tested)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.losses = list(losses)
+
+    def forward(self, input_ids, labels):
+        value = self.losses.pop(0) if self.losses else 0.0
+        return type("Out", (), {"loss": self.w * 0 + value})()
+
+
+class _Tok:
+    all_special_ids = [0]
+
+    def __len__(self):
+        return 50
+
+
+def _run(losses, **kw):
+    from caopd.models.warmup import train_induction
+
+    model = _ScriptedLoss(losses)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return train_induction(model, _Tok(), opt, length=16, batch_size=2, seed=0, **kw)
+
+
+def test_induction_runs_its_steps_then_goes_on_only_while_the_loss_is_high():
+    assert _run([0.1] * 50, steps=20, max_steps=40, stop_loss=0.5)[1] == 20
+    # loss 4.0 for 30 steps, then 0.1: after k low steps the 10-step mean is
+    # ((10 - k) * 4.0 + k * 0.1) / 10 < 0.5  <=>  k > 8.97, so it stops at step 30 + 9
+    assert _run([4.0] * 30 + [0.1] * 50, steps=20, max_steps=60, stop_loss=0.5)[1] == 39
+    assert _run([4.0] * 100, steps=20, max_steps=40, stop_loss=0.5)[1] == 40
+    assert _run([4.0] * 100, steps=20, max_steps=40, stop_loss=None)[1] == 20
