@@ -28,7 +28,7 @@ import math
 import re
 from numbers import Real
 
-__all__ = ["find_confidence_span", "format_confidence", "parse_confidence"]
+__all__ = ["confidence_value_start", "find_confidence_span", "format_confidence", "parse_confidence"]
 
 # A `Confidence:`-style label or an opening `<confidence>` tag. Only horizontal whitespace is
 # allowed inside a label, so a label never spans lines.
@@ -97,6 +97,32 @@ def _value_at(text: str, pos: int) -> float | None:
             return None
         return number / denominator
     return number if number <= 1.0 else None
+
+
+# What may sit between a label and its value on the same line (as in _VALUE_RE).
+_VALUE_LEAD_RE = re.compile(r"[ \t]*[*_\"'`]*[ \t]*")
+
+
+def confidence_value_start(text: str) -> int | None:
+    """Where the value of the LAST confidence label in ``text`` begins (the label that
+    :func:`parse_confidence` reads), past spaces and emphasis; None if there is no label.
+
+    Examples:
+        >>> text = "<answer>B</answer>\\nConfidence: 0.75"
+        >>> text[confidence_value_start(text):]
+        '0.75'
+        >>> text = "**Confidence:** 85%"
+        >>> text[confidence_value_start(text):]
+        '85%'
+        >>> confidence_value_start("no label") is None
+        True
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"confidence_value_start expects a str, got {type(text).__name__}: {text!r}")
+    labels = _labels(text)
+    if not labels:
+        return None
+    return _VALUE_LEAD_RE.match(text, labels[-1].end()).end()
 
 
 def parse_confidence(text: str) -> float | None:

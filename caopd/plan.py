@@ -44,7 +44,12 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "workflow/scripts/rewrite.py",
     ),
     "distill": ("caopd/training", "workflow/scripts/distill.py"),
-    "eval_rollouts": ("caopd/rollouts", "workflow/scripts/eval_rollouts.py"),
+    "eval_rollouts": (
+        "caopd/rollouts",
+        "caopd/evaluation/expected_confidence.py",
+        "caopd/confidence.py",
+        "workflow/scripts/eval_rollouts.py",
+    ),
     "evaluate": (
         "caopd/evaluation/stage.py",
         "caopd/evaluation/metrics.py",
@@ -242,7 +247,8 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         stages += [roll, targets, rewrite, distill]
         student = distill
 
-    generation = {key: cfg["evaluation"][key] for key in ("greedy", "n_samples", "temperature", "max_new_tokens", "batch_size")}
+    generation = {key: cfg["evaluation"][key] for key in (
+        "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size", "expected_confidence")}
     split = cfg["evaluation"]["split"]
     eval_roll = _spec("eval_rollouts", None, {"evaluation": generation, "split": split}, root, data=data, model=student)
     scoring = {key: cfg["evaluation"][key] for key in ("n_bins", "bootstrap")}

@@ -82,3 +82,17 @@ def test_reads_a_run_through_its_index(tmp_path, capsys):
     (index / "base.json").unlink()
     with pytest.raises(FileNotFoundError, match="base"):
         metrics_from_index(index)
+
+
+def test_expected_confidence_is_reported_but_never_decides():
+    metrics = _passing()
+    metrics["caopd"] = _m(0.60, 0.50, 0.10, 0.40)  # decoded gap -0.10: fails
+    metrics["caopd"]["expected_confidence"] = {"n": 500, "overconfidence_gap": 0.01,
+                                               "ci95": {"overconfidence_gap": [-0.02, 0.04]}}
+    check = {c.name: c for c in paper_checks(metrics)}["caopd_calibrated"]
+    assert not check.passed
+    assert "expected stated confidence: gap +0.010 [-0.020, +0.040], not checked" in check.detail
+    metrics["caopd"] = _m(0.60, 0.62, 0.10, 0.40)
+    metrics["caopd"]["expected_confidence"] = {"n": 500, "overconfidence_gap": -0.30, "ci95": {}}
+    check = {c.name: c for c in paper_checks(metrics)}["caopd_calibrated"]
+    assert check.passed and check.detail.endswith("gap -0.300, not checked")

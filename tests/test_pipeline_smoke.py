@@ -56,6 +56,11 @@ def test_every_variant_is_indexed_and_verifies(smoke_run):
         for name in HEADLINE:
             assert name in metrics and name in metrics["ci95"]
         assert "valid_confidence_only" in metrics and len(metrics["bins"]) == 10
+        # greedy: every answer whose confidence parsed has a label, hence an expected confidence
+        expected = metrics["expected_confidence"]
+        assert round(metrics["format_adherence"] * 40) <= expected["n"] <= 40
+        if expected["n"]:
+            assert 0.0 <= expected["mean_confidence"] <= 1.0
 
 
 @pytest.mark.slow

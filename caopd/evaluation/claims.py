@@ -13,7 +13,10 @@ confidence_informative SPR(caopd) >= SPR(sdft) + 0.2
 capability_kept        acc(caopd) >= acc(sdft) - 0.03 and acc(caopd) >= acc(base)
 =====================  ===================================================================
 
-``gap`` is the overconfidence gap (mean confidence - accuracy). Each metrics mapping is a
+``gap`` is the overconfidence gap (mean confidence - accuracy) of the decoded (stated) numbers:
+the checks never use anything else. Where a greedy run also has the expected stated confidence
+(:mod:`caopd.evaluation.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
+reading, without changing the verdict. Each metrics mapping is a
 variant's ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`): the point values at the
 top level, the intervals under ``ci95`` as ``[low, high]``.
 
@@ -64,7 +67,7 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
         Check("sdft_overconfident", sdft_gap >= 0.15 - eps and sdft_low > 0,
               f"gap(sdft) {sdft_gap:+.3f}, 95% CI low {sdft_low:+.3f} (need >= +0.15, > 0)"),
         Check("caopd_calibrated", abs(caopd_gap) <= 0.05 + eps,
-              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= 0.05)"),
+              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= 0.05){_expected_note(caopd)}"),
         Check("ece_halved", caopd["ece"] <= 0.5 * sdft["ece"] + eps,
               f"ECE caopd {caopd['ece']:.3f} vs sdft {sdft['ece']:.3f} (need <= half)"),
         Check("confidence_informative", caopd["spr"] >= sdft["spr"] + 0.2 - eps,
@@ -75,6 +78,15 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
               f"accuracy caopd {caopd['accuracy']:.3f}, sdft {sdft['accuracy']:.3f}, "
               f"base {base['accuracy']:.3f} (need >= sdft - 0.03 and >= base)"),
     ]
+
+
+def _expected_note(metrics: Mapping[str, Any]) -> str:
+    block = metrics.get("expected_confidence") or {}
+    if not block.get("n"):
+        return ""
+    low, high = (block.get("ci95") or {}).get("overconfidence_gap") or (None, None)
+    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+    return f"; expected stated confidence: gap {block['overconfidence_gap']:+.3f}{interval}, not checked"
 
 
 def metrics_from_index(index_dir: Path, root: Path | None = None,

@@ -5,7 +5,10 @@
 
 Writes ``scored.parquet`` (one row per answer: prompt id, sample index, level, correctness,
 confidence, parse flags) and ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`, plus
-per-level accuracy and confidence).
+per-level accuracy and confidence). Where the rollouts carry an expected stated confidence per
+answer (greedy evaluation, :mod:`caopd.evaluation.expected_confidence`), ``metrics.json`` also
+has ``expected_confidence``: the headline metrics with that mean in place of the decoded number,
+on the answers that have one, and ``scored.parquet`` a column of it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from caopd.store import write_json
 
 METRICS_FILE = "metrics.json"
 SCORED_FILE = "scored.parquet"
+EXPECTED_FILE = "expected_confidence.parquet"  # written by eval_rollouts (expected_confidence.FILE)
 
 
 def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int) -> dict[str, Any]:
@@ -52,9 +56,46 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
                 "mean_confidence": float(rows["confidence"].mean()),
             }
         metrics["per_level"] = per_level
+    expected = Path(inputs["rollouts"]) / EXPECTED_FILE
+    if expected.exists():
+        scored["expected_confidence"] = _expected_column(expected, scored)
+        metrics["expected_confidence"] = summarize_expected(scored, cfg, seed=seed, groups=groups)
     metrics["task"] = params["task"]
     metrics["n_questions"] = int(np.unique(groups).size)
     metrics["split"] = split
     scored.to_parquet(Path(out) / SCORED_FILE, index=False)
     write_json(Path(out) / METRICS_FILE, to_jsonable(metrics))
     return {k: metrics[k] for k in ("n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "spr")}
+
+
+def _expected_column(path: Path, scored: Any) -> Any:
+    """The expected confidence of each scored row, matched on (prompt_id, sample_index)."""
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    keyed = table.set_index(["prompt_id", "sample_index"])["expected_confidence"]
+    if keyed.index.duplicated().any():
+        raise ValueError(f"{path}: (prompt_id, sample_index) repeats")
+    index = pd.MultiIndex.from_arrays([scored["prompt_id"], scored["sample_index"]])
+    missing = index.difference(keyed.index)
+    if len(missing):
+        raise ValueError(f"{path}: no row for answer {missing[0]} of the rollouts")
+    return keyed.reindex(index).to_numpy(dtype="float64")
+
+
+def summarize_expected(scored: Any, cfg: Mapping[str, Any], *, seed: int, groups: Any) -> dict[str, Any]:
+    """Headline metrics and intervals with the expected confidence as the confidence.
+
+    Rows without one (no confidence label, or a tokenizer that merges digits) are left out; ``n``
+    says how many remain (0: the block's metrics are None).
+    """
+    from caopd.evaluation.summary import HEADLINE, summarize
+
+    has = scored["expected_confidence"].notna().to_numpy()
+    if not has.any():
+        return {"n": 0, **{name: None for name in HEADLINE}}
+    rows = scored.loc[has].copy()
+    rows["confidence"] = rows["confidence_raw"] = rows["expected_confidence"]
+    rows["confidence_valid"] = True
+    full = summarize(rows, n_bins=cfg["n_bins"], n_resamples=cfg["bootstrap"], seed=seed, groups=groups[has])
+    return {"n": full["n"], **{name: full[name] for name in HEADLINE}, "ci95": full["ci95"]}

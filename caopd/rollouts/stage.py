@@ -3,18 +3,21 @@
 ``sample_rollouts`` serves both: training rollouts take round r's slice of the train split with
 K samples at temperature 1 (DESIGN §3); evaluation takes the eval split, greedy by default. The
 output is ``rollouts.parquet`` in the schema of :class:`caopd.rollouts.engine.RolloutRecord`.
+A greedy evaluation also writes ``expected_confidence.parquet`` (``prompt_id``, ``sample_index``,
+``expected_confidence``): the mean of the confidence the model states at each of its answers,
+beside the number it decoded (:mod:`caopd.evaluation.expected_confidence`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from caopd.data import read_split
 from caopd.models.base import model_dir
-from caopd.rollouts.engine import SamplingConfig, make_engine, write_rollouts
+from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
 
 ROLLOUTS_FILE = "rollouts.parquet"
 
@@ -32,8 +35,13 @@ def sample_rollouts(
     stop: int | None = None,
     engine_options: Mapping[str, Any] | None = None,
     threads: int = 1,
+    expected_confidence: bool = False,
 ) -> dict[str, Any]:
-    """Sample ``sampling.n`` completions for prompts ``[start, stop)`` of ``split``; write them."""
+    """Sample ``sampling.n`` completions for prompts ``[start, stop)`` of ``split``; write them.
+
+    With ``expected_confidence`` (HF engine only) also write each answer's expected stated
+    confidence to :data:`caopd.evaluation.expected_confidence.FILE`.
+    """
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -47,6 +55,7 @@ def sample_rollouts(
     seconds = time.perf_counter() - began
     write_rollouts(records, Path(out) / ROLLOUTS_FILE)
     n_tokens = sum(len(r.completion_token_ids) for r in records)
+    extra = write_expected_confidence(eng, records, sampling.batch_size, out) if expected_confidence else {}
     return {
         "split": split,
         "n_prompts": len(prompts),
@@ -55,6 +64,38 @@ def sample_rollouts(
         "share_length_capped": sum(r.finish_reason == "length" for r in records) / len(records),
         "seconds": round(seconds, 3),
         "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+        **extra,
+    }
+
+
+def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_size: int,
+                              out: str | Path) -> dict[str, Any]:
+    """Score ``records`` with :func:`caopd.evaluation.expected_confidence.expected_confidences`
+    on the engine's own model and write them beside the rollouts; a summary for the manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from caopd.evaluation import expected_confidence as ec
+
+    if not hasattr(eng, "model") or not hasattr(eng, "tokenizer"):
+        raise ValueError(f"expected confidence needs the model's token probabilities; engine "
+                         f"{type(eng).__name__} does not expose them (use the hf engine)")
+    began = time.perf_counter()
+    values = ec.expected_confidences(
+        eng.model, eng.tokenizer, [r.prompt_token_ids for r in records],
+        [r.completion_token_ids for r in records], batch_size=batch_size,
+    )
+    table = pa.table({
+        "prompt_id": pa.array([r.prompt_id for r in records], pa.string()),
+        "sample_index": pa.array([r.sample_index for r in records], pa.int32()),
+        "expected_confidence": pa.array(values, pa.float64()),
+    })
+    pq.write_table(table, Path(out) / ec.FILE)
+    scored = [v for v in values if v is not None]
+    return {
+        "expected_confidence_rows": len(scored),
+        "expected_confidence_mean": round(sum(scored) / len(scored), 6) if scored else None,
+        "expected_confidence_seconds": round(time.perf_counter() - began, 3),
     }
 
 
@@ -92,4 +133,5 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
     return sample_rollouts(
         data_dir=inputs["data"], model_artifact=inputs["model"], split=params["split"], sampling=sampling,
         engine="hf", seed=seed, out=out, threads=threads,
+        expected_confidence=cfg["greedy"] and cfg["expected_confidence"],
     )
