@@ -155,7 +155,7 @@ def expected_confidences(
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-            logits_to_keep=4,
+            logits_to_keep=4, use_cache=False,
         ).logits[:, -4:]
         last4.append(torch.softmax(logits.float(), -1)[..., digit_ids.to(device)].cpu())
     probs = torch.cat(last4).view(len(rows), 10, 4, 10)  # (answer, a, position, digit)
