@@ -17,6 +17,8 @@ TABLE_METRICS = (
     "n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "brier", "spr", "auroc",
     "format_adherence", "answer_parse_rate",
 )
+#: from the ``expected_confidence`` block (greedy runs), as ``expected_<name>`` columns
+EXPECTED_METRICS = ("mean_confidence", "overconfidence_gap", "ece")
 
 
 def _read_curves(distill_dir: Path):
@@ -76,7 +78,8 @@ def variant_figures(inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
 
 
 def metrics_table(evaluations: Mapping[str, str | Path]):
-    """One row per variant: the headline metrics and their 95% intervals."""
+    """One row per variant: the headline metrics and their 95% intervals, and where the run has
+    them the same for the expected stated confidence (``expected_*``, empty otherwise)."""
     import pandas as pd
 
     rows = []
@@ -88,25 +91,37 @@ def metrics_table(evaluations: Mapping[str, str | Path]):
             ci = (metrics.get("ci95") or {}).get(name)
             if ci:
                 row[f"{name}_lo"], row[f"{name}_hi"] = ci
+        expected = metrics.get("expected_confidence") or {}
+        for name in EXPECTED_METRICS:
+            row[f"expected_{name}"] = expected.get(name) if expected.get("n") else None
+            ci = (expected.get("ci95") or {}).get(name)
+            if ci and expected.get("n"):
+                row[f"expected_{name}_lo"], row[f"expected_{name}_hi"] = ci
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, confidence: Path, ece: Path) -> None:
-    """The across-variant table and the two scatter figures."""
+    """The across-variant table and the two scatter figures; the confidence figure also shows
+    each greedy variant read by its expected stated confidence (``<variant> (expected)``)."""
     from caopd.evaluation.plots import accuracy_vs_confidence, accuracy_vs_ece, new_figure, save_figure
 
     frame = metrics_table(evaluations)
     tmp = Path(table).with_name(f".{Path(table).name}.tmp")
     frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     tmp.replace(table)
-    points = []
+    points, expected_points = [], []
     for variant, path in evaluations.items():
         metrics = read_json(Path(path) / "metrics.json")
         points.append({"variant": variant, **{k: metrics[k] for k in ("accuracy", "mean_confidence", "ece")},
                        "ci95": metrics.get("ci95") or {}})
+        expected = metrics.get("expected_confidence") or {}
+        if expected.get("n"):
+            expected_points.append({"variant": f"{variant} (expected)", "ci95": expected.get("ci95") or {},
+                                    "hollow": True,
+                                    **{k: expected[k] for k in ("accuracy", "mean_confidence", "ece")}})
     fig, ax = new_figure()
-    accuracy_vs_confidence(ax, points)
+    accuracy_vs_confidence(ax, points + expected_points)
     save_figure(fig, confidence)
     fig, ax = new_figure()
     accuracy_vs_ece(ax, points)

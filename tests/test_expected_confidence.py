@@ -210,3 +210,21 @@ def test_expected_column_is_matched_by_answer_and_names_the_file(tmp_path):
     pd.DataFrame({"prompt_id": ["q0"], "sample_index": [0], "expected_confidence": [0.1]}).to_parquet(path)
     with pytest.raises(ValueError, match="expected_confidence.parquet: no row for answer"):
         _expected_column(path, scored)
+
+
+def test_metrics_table_carries_the_expected_columns(tmp_path):
+    import json
+
+    from caopd.reporting import metrics_table
+
+    body = {"n": 10, "accuracy": 0.5, "mean_confidence": 0.3, "overconfidence_gap": -0.2, "ece": 0.2,
+            "ci95": {"accuracy": [0.4, 0.6]}}
+    for name, extra in (("greedy", {"expected_confidence": {
+            "n": 10, "mean_confidence": 0.52, "overconfidence_gap": 0.02, "ece": 0.05,
+            "ci95": {"overconfidence_gap": [-0.01, 0.05]}}}), ("sampled", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({**body, **extra}))
+    table = metrics_table({"g": tmp_path / "greedy", "s": tmp_path / "sampled"}).set_index("variant")
+    assert table.loc["g", "expected_overconfidence_gap"] == 0.02
+    assert (table.loc["g", "expected_overconfidence_gap_lo"], table.loc["g", "expected_overconfidence_gap_hi"]) == (-0.01, 0.05)
+    assert table.loc["g", "expected_ece"] == 0.05 and pd.isna(table.loc["s", "expected_ece"])

@@ -2,13 +2,15 @@
 against the five checks of :mod:`caopd.evaluation.claims` (issue 5).
 
 Runs ``snakemake --cores 2`` with ``config/config.yaml`` unchanged in a temporary working
-directory (about 7 minutes on 2 CPU cores), then one test per check. The same checks for a run of
+directory (about 8.5 minutes on 2 CPU cores), then one test per check. The same checks for a run of
 your own::
 
     python -m caopd.evaluation.claims results/index
 
 Checks the default does not meet yet are marked ``xfail`` with the measured figures; they are
-still computed and reported, and the reasons are in the README's results section.
+still computed and reported, and the reasons are in the README's results section. One more
+test asserts the reading that explains the calibration shortfalls: CaOPD's expected stated
+confidence (:mod:`caopd.evaluation.expected_confidence`) is calibrated within the same thresholds.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from caopd.evaluation.claims import metrics_from_index, paper_checks
 ROOT = Path(__file__).resolve().parent.parent
 
 KNOWN_SHORTFALLS = {
-    "caopd_calibrated": "greedy answers beat the temperature-1 success rate the confidence is "
-    "trained toward, so greedy CaOPD is underconfident (seed 0: gap -0.103); README, Results",
-    "capability_kept": "distillation does not add capability to the tiny model and what it costs "
-    "varies with the draws (seed 0: caopd 0.484, sdft 0.558, base 0.538); README, Results",
+    "caopd_calibrated": "greedy decoding reads the mode of CaOPD's confidence distribution, not its "
+    "mean (seed 0: decoded gap -0.089, expected gap -0.033); docs/tiny_model.md section 6",
+    "ece_halved": "the decoded confidences fall in two clumps, 0.0x and 0.8x (seed 0: ECE caopd "
+    "0.303 vs sdft 0.442; expected-confidence ECE 0.034); docs/tiny_model.md section 6",
+    "capability_kept": "384 training prompts add no capability to the tiny model (seed 0: caopd "
+    "0.534, sdft 0.544, base 0.538); docs/tiny_model.md section 5",
 }
 
 
@@ -64,3 +68,14 @@ def test_default_evaluates_at_least_500_questions(default_run):
 def test_paper_check(default_run, check):
     result = default_run["checks"][check]
     assert result.passed, f"{check}: {result.detail}"
+
+
+@pytest.mark.slow
+def test_caopd_is_calibrated_in_expectation(default_run):
+    """The reading behind the two calibration shortfalls: the mean of CaOPD's stated-confidence
+    distribution at its greedy answers meets the thresholds its decoded mode misses."""
+    caopd = default_run["metrics"]["caopd"]["expected_confidence"]
+    sdft = default_run["metrics"]["sdft"]
+    assert caopd["n"] >= 0.9 * default_run["metrics"]["caopd"]["n"]
+    assert abs(caopd["overconfidence_gap"]) <= 0.05, caopd
+    assert caopd["ece"] <= 0.5 * sdft["ece"], (caopd["ece"], sdft["ece"])

@@ -62,7 +62,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 150) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, dpi=dpi)
+            fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -147,18 +147,21 @@ def _ci_error(point: Mapping[str, Any], metric: str) -> tuple[float, float] | No
 
 
 def _scatter_points(ax: Axes, points: Sequence[Mapping[str, Any]], x: str, y: str) -> None:
-    """One errorbar series per point (labelled with its variant), CIs where given."""
+    """One errorbar series per point (labelled with its variant), CIs where given. A point with
+    ``"hollow": True`` is drawn as an open marker, in the legend only (no annotation)."""
     for point in points:
         xerr = _ci_error(point, x)
         yerr = _ci_error(point, y)
+        hollow = bool(point.get("hollow"))
         ax.errorbar(
             [float(point[x])], [float(point[y])],
             xerr=None if xerr is None else [[xerr[0]], [xerr[1]]],
             yerr=None if yerr is None else [[yerr[0]], [yerr[1]]],
-            fmt="o", capsize=3, label=str(point["variant"]),
+            fmt="o", capsize=3, label=str(point["variant"]), mfc="none" if hollow else None,
         )
-        ax.annotate(str(point["variant"]), (float(point[x]), float(point[y])),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+        if not hollow:
+            ax.annotate(str(point["variant"]), (float(point[x]), float(point[y])),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
 
 
 def accuracy_vs_confidence(ax: Axes, points: Sequence[Mapping[str, Any]]) -> Axes:
@@ -175,7 +178,7 @@ def accuracy_vs_confidence(ax: Axes, points: Sequence[Mapping[str, Any]]) -> Axe
     ax.set_xlabel("mean confidence")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs confidence")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return ax
 
 
