@@ -98,3 +98,23 @@ def build_tiny_model(
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 model + tokenizer saved with ``save_pretrained`` (built once per session)."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="module")
+def sharp_engine(tiny_model_dir: Path):
+    """An ``HFEngine`` on the random tiny model with every weight matrix scaled by 10.
+
+    At the default init scale the random model's greedy output is one repeated token whatever
+    the prompt; scaled up, it is chaotic and depends on every prompt token and position, so a
+    padding or position bug changes its completions (checked: an all-ones attention mask does).
+    """
+    import torch
+
+    from caopd.rollouts.hf import HFEngine
+
+    eng = HFEngine(str(tiny_model_dir), device="cpu", progress=False)
+    with torch.no_grad():
+        for param in eng.model.parameters():
+            if param.dim() > 1:
+                param.mul_(10.0)
+    return eng

@@ -105,15 +105,10 @@ def test_value_prefix_length(engine: HFEngine):
 # --- on a model -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir) -> HFEngine:
-    """The tiny random model with its weight matrices scaled by 10: distributions that depend on
-    every position, so a padding or indexing error changes the result."""
-    eng = HFEngine(str(tiny_model_dir), device="cpu", progress=False)
-    with torch.no_grad():
-        for param in eng.model.parameters():
-            if param.dim() > 1:
-                param.mul_(10.0)
-    return eng
+def engine(sharp_engine: HFEngine) -> HFEngine:
+    """The sharp tiny model (conftest): distributions that depend on every position, so a
+    padding or indexing error changes the result."""
+    return sharp_engine
 
 
 @torch.no_grad()

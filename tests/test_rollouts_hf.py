@@ -80,22 +80,6 @@ def answering_engine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return HFEngine(str(directory), device="cpu", progress=False)
 
 
-@pytest.fixture(scope="module")
-def sharp_engine(tiny_model_dir: Path) -> HFEngine:
-    """The random tiny model with every weight matrix scaled by 10.
-
-    At the default init scale the random model's greedy output is one repeated token whatever
-    the prompt; scaled up, it is chaotic and depends on every prompt token and position, so a
-    padding or position bug changes its completions (checked: an all-ones attention mask does).
-    """
-    eng = HFEngine(str(tiny_model_dir), device="cpu", progress=False)
-    with torch.no_grad():
-        for param in eng.model.parameters():
-            if param.dim() > 1:
-                param.mul_(10.0)
-    return eng
-
-
 # --- SamplingConfig ------------------------------------------------------------------------------
 
 
