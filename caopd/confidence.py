@@ -99,6 +99,15 @@ def _value_at(text: str, pos: int) -> float | None:
     return number if number <= 1.0 else None
 
 
+def _last_label_end(text: str, caller: str) -> int | None:
+    """End offset of the LAST confidence label in ``text``, None if there is none; a non-str
+    ``text`` is a TypeError that names ``caller``."""
+    if not isinstance(text, str):
+        raise TypeError(f"{caller} expects a str, got {type(text).__name__}: {text!r}")
+    labels = _labels(text)
+    return labels[-1].end() if labels else None
+
+
 # What may sit between a label and its value on the same line (as in _VALUE_RE).
 _VALUE_LEAD_RE = re.compile(r"[ \t]*[*_\"'`]*[ \t]*")
 
@@ -117,12 +126,8 @@ def confidence_value_start(text: str) -> int | None:
         >>> confidence_value_start("no label") is None
         True
     """
-    if not isinstance(text, str):
-        raise TypeError(f"confidence_value_start expects a str, got {type(text).__name__}: {text!r}")
-    labels = _labels(text)
-    if not labels:
-        return None
-    return _VALUE_LEAD_RE.match(text, labels[-1].end()).end()
+    end = _last_label_end(text, "confidence_value_start")
+    return None if end is None else _VALUE_LEAD_RE.match(text, end).end()
 
 
 def parse_confidence(text: str) -> float | None:
@@ -153,12 +158,8 @@ def parse_confidence(text: str) -> float | None:
         >>> parse_confidence("I have confidence in this answer.") is None
         True
     """
-    if not isinstance(text, str):
-        raise TypeError(f"parse_confidence expects a str, got {type(text).__name__}: {text!r}")
-    labels = _labels(text)
-    if not labels:
-        return None
-    return _value_at(text, labels[-1].end())
+    end = _last_label_end(text, "parse_confidence")
+    return None if end is None else _value_at(text, end)
 
 
 def format_confidence(p: float) -> str:

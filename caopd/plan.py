@@ -9,6 +9,13 @@
         "upstream": {role: key of that input},
     }))[:16]
 
+A stage's random seed comes from a second hash, the *draw key*: the same preimage without the
+code fingerprint, over the upstream draw keys instead of the upstream keys. An edit to the code
+that leaves the parameters alone (a docstring, a refactor) gives new keys, so everything
+downstream reruns, but the same seeds, so a behaviour-preserving edit reproduces the same bytes
+and the measured figures do not move; an edit that changes behaviour changes the outputs because
+the code differs, not because the random draw moved. One key still determines one seed.
+
 ``build_plan(resolved_config, root)`` returns, per variant, the ordered list of
 :class:`StageSpec` (one per artifact) that the Snakemake rules look up by key. This module is
 imported by the Snakefile: it must stay free of torch, mlflow and the task modules.
@@ -138,6 +145,7 @@ class StageSpec:
     code: str
     upstream: dict[str, str]  # role -> key
     upstream_stage: dict[str, str] = field(default_factory=dict)  # role -> stage name
+    upstream_draw: dict[str, str] = field(default_factory=dict)  # role -> draw key of that input
 
     @property
     def preimage(self) -> dict[str, Any]:
@@ -155,9 +163,17 @@ class StageSpec:
         return {role: f"results/{self.upstream_stage[role]}/{key}" for role, key in self.upstream.items()}
 
     @property
+    def draw_key(self) -> str:
+        """The key's preimage without the code, over upstream draw keys (module docstring)."""
+        draw = {"stage": self.stage, "params": self.params, "upstream": self.upstream_draw}
+        return hashlib.sha256(canonical_json(draw).encode()).hexdigest()[:KEY_LENGTH]
+
+    @property
     def seed(self) -> int:
-        """The stage's random seed, derived from its key (so the key reproduces the artifact)."""
-        return int(self.key[:8], 16) % (2**31 - 1)
+        """The stage's random seed, derived from its draw key: the config fixes the draw and a
+        code edit does not move it; the key, which includes the draw key's inputs, still
+        determines it."""
+        return int(self.draw_key[:8], 16) % (2**31 - 1)
 
 
 @dataclass
@@ -187,6 +203,7 @@ def _spec(stage: str, rnd: int | None, params: dict, root: Path, **upstream: Sta
         code=code_fingerprint(STAGE_CODE[stage], root),
         upstream={role: up.key for role, up in upstream.items()},
         upstream_stage={role: up.stage for role, up in upstream.items()},
+        upstream_draw={role: up.draw_key for role, up in upstream.items()},
     )
 
 

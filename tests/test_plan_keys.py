@@ -23,6 +23,10 @@ def _keys(plan, variant: str) -> dict[tuple[str, int | None], str]:
     return {(s.stage, s.round): s.key for s in plan.variants[variant].stages}
 
 
+def _seeds(plan, variant: str) -> dict[tuple[str, int | None], int]:
+    return {(s.stage, s.round): s.seed for s in plan.variants[variant].stages}
+
+
 def _downstream(plan, variant: str, start: set[tuple[str, int | None]]) -> set[tuple[str, int | None]]:
     """Stages reachable from ``start`` through upstream links (by key identity)."""
     specs = plan.variants[variant].stages
@@ -73,6 +77,9 @@ def test_one_parameter_changes_exactly_its_stage_and_downstream(overrides, first
     old, new = _keys(before, "caopd"), _keys(after, "caopd")
     changed = {stage for stage in old if old[stage] != new[stage]}
     assert changed == _downstream(before, "caopd", {first_changed})
+    # the random draw follows the config: the same stages get new seeds
+    old_seeds, new_seeds = _seeds(before, "caopd"), _seeds(after, "caopd")
+    assert {stage for stage in old_seeds if old_seeds[stage] != new_seeds[stage]} == changed
     # changing it back gives the old keys again, so the old artifacts are reused
     assert _keys(build_plan(_config(), ROOT), "caopd") == old
 
@@ -90,8 +97,19 @@ def test_editing_a_module_changes_exactly_the_stages_that_run_it(tmp_path):
     changed = {stage for stage in old if old[stage] != new[stage]}
     assert changed == _downstream(before, "caopd", {("distill", 1)})
     assert ("rollouts", 1) not in changed and ("base_model", None) not in changed
+    # ...but draws the same random numbers: an edit that keeps behaviour reproduces the bytes
+    assert _seeds(after, "caopd") == _seeds(before, "caopd")
     target.write_text(original)
     assert _keys(build_plan(_config(), tree), "caopd") == old
+
+
+def test_seeds_are_distinct_per_stage_and_follow_the_root_seed():
+    plan = build_plan(_config(), ROOT)
+    seeds = _seeds(plan, "caopd")
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= s < 2**31 - 1 for s in seeds.values())
+    other = _seeds(build_plan(_config(seed=1), ROOT), "caopd")
+    assert all(other[stage] != seeds[stage] for stage in seeds)
 
 
 def test_every_stage_code_entry_exists():

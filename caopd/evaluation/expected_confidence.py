@@ -32,8 +32,6 @@ from torch import Tensor
 
 from caopd.confidence import confidence_value_start
 
-FILE = "expected_confidence.parquet"  # beside rollouts.parquet; caopd.evaluation.stage reads it
-
 
 def expected_value(p_first: Tensor, p_tenths: Tensor, p_hundredths: Tensor) -> Tensor:
     """The expected two-decimal confidence from its digit distributions.

@@ -22,7 +22,6 @@ from caopd.store import write_json
 
 METRICS_FILE = "metrics.json"
 SCORED_FILE = "scored.parquet"
-EXPECTED_FILE = "expected_confidence.parquet"  # written by eval_rollouts (expected_confidence.FILE)
 
 
 def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int) -> dict[str, Any]:
@@ -31,7 +30,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
 
     from caopd.evaluation.summary import score_rows, summarize, to_jsonable
     from caopd.rollouts.engine import read_rollouts
-    from caopd.rollouts.stage import ROLLOUTS_FILE
+    from caopd.rollouts.stage import EXPECTED_FILE, ROLLOUTS_FILE
 
     split = params.get("split", "eval")
     examples = {ex.id: ex for ex in read_split(inputs["data"], split)}

@@ -1,7 +1,8 @@
 """Stages rollouts(r) and eval_rollouts: prompts of a prepared split through a rollout engine.
 
 ``sample_rollouts`` serves both: training rollouts take round r's slice of the train split with
-K samples at temperature 1 (DESIGN §3); evaluation takes the eval split, greedy by default. The
+K samples at ``rollouts.temperature`` (DESIGN §3; the reference samples at 1.0, the embedded
+default at 0.8, chosen on the validation split); evaluation takes the eval split, greedy by default. The
 output is ``rollouts.parquet`` in the schema of :class:`caopd.rollouts.engine.RolloutRecord`.
 A greedy evaluation also writes ``expected_confidence.parquet`` (``prompt_id``, ``sample_index``,
 ``expected_confidence``): the mean of the confidence the model states at each of its answers,
@@ -20,6 +21,7 @@ from caopd.models.base import model_dir
 from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
 
 ROLLOUTS_FILE = "rollouts.parquet"
+EXPECTED_FILE = "expected_confidence.parquet"  # greedy evaluation only; caopd.evaluation.stage reads it
 
 
 def sample_rollouts(
@@ -40,7 +42,7 @@ def sample_rollouts(
     """Sample ``sampling.n`` completions for prompts ``[start, stop)`` of ``split``; write them.
 
     With ``expected_confidence`` (HF engine only) also write each answer's expected stated
-    confidence to :data:`caopd.evaluation.expected_confidence.FILE`.
+    confidence to :data:`EXPECTED_FILE`.
     """
     import torch
 
@@ -90,7 +92,7 @@ def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_
         "sample_index": pa.array([r.sample_index for r in records], pa.int32()),
         "expected_confidence": pa.array(values, pa.float64()),
     })
-    pq.write_table(table, Path(out) / ec.FILE)
+    pq.write_table(table, Path(out) / EXPECTED_FILE)
     scored = [v for v in values if v is not None]
     return {
         "expected_confidence_rows": len(scored),

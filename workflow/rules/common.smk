@@ -54,7 +54,7 @@ def stage_preimage(stage):
 
 
 def stage_seed(stage):
-    """Params function: the stage's seed, derived from its key."""
+    """Params function: the stage's seed, derived from its draw key (caopd.plan)."""
 
     def get_stage_seed(wildcards):
         return PLAN.spec(stage, wildcards.key).seed
