@@ -1,0 +1,172 @@
+"""What greedy decoding can show of a confidence learned from sampled targets: the level bound.
+
+CaOPD trains the stated number toward each training prompt's success rate ``P_acc`` (the share
+of its K rollouts that were right). A student that can tell prompts apart only by what it can
+see learns, at best, the *distribution* of the targets of the prompts that look alike to it.
+Greedy decoding reads that distribution digit by digit, taking the most likely next digit each
+time (:func:`greedy_decode`): a mode-like value, not the mean the targets are calibrated in.
+
+This module asks what the checks would read from an *ideal level-conditional student*: one that
+sees exactly the level written in an ``arith`` question and has learned, per level, the
+distribution of the training targets of that level. Each evaluated answer at level ``L`` is
+given the confidence ``greedy_decode(targets of level L)``; its correctness is the evaluated
+model's own. Where even this student misses a threshold, the shortfall is in greedy decoding of
+those targets, not in how well the real student learned them (docs/tiny_model.md §6).
+
+Print it for a finished run (the variant's index names its targets and its scored answers)::
+
+    python -m caopd.evaluation.greedy_bound results/index
+    python -m caopd.evaluation.greedy_bound results/index --variant caopd_lr3e4 --sdft sdft_lr3e4
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from caopd.confidence import format_confidence
+
+#: end of a stated value, as a symbol of its own (values of different lengths stay apart)
+_END = ""
+
+
+def greedy_decode(values: Sequence[str], weights: Sequence[float] | None = None) -> str:
+    """The string greedy decoding writes when the model's distribution over stated values is
+    the (weighted) empirical distribution of ``values``, one character per token.
+
+    At each position the next character is the one with the largest total weight among the
+    values that agree with what has been written so far; a tie goes to the smallest character
+    (``argmax`` over digit tokens whose ids are in digit order takes the first). The end of a
+    value competes as a character of its own.
+
+    Args:
+        values: ``(n,)`` stated values as written, e.g. ``format_confidence(p)`` (``"0.38"``).
+        weights: ``(n,)`` non-negative weights with a positive sum; ``None``: all 1.
+
+    Examples:
+        >>> greedy_decode(["0.10"] * 6 + ["0.85"] * 4)  # mean 0.40; greedy reads 0.10
+        '0.10'
+        >>> greedy_decode(["0.50"] * 3 + ["0.61"] * 2 + ["0.62"] * 2)  # digit-wise, not the value mode
+        '0.61'
+    """
+    if not values:
+        raise ValueError("greedy_decode: no values")
+    w = [1.0] * len(values) if weights is None else [float(x) for x in weights]
+    if len(w) != len(values):
+        raise ValueError(f"greedy_decode: {len(w)} weights for {len(values)} values")
+    if any(not x >= 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"greedy_decode: weights must be non-negative with a positive sum, got {w}")
+    alive = [(v, x) for v, x in zip(values, w) if x > 0]
+    written = ""
+    while True:
+        pos = len(written)
+        mass: dict[str, float] = defaultdict(float)
+        for value, x in alive:
+            mass[value[pos] if pos < len(value) else _END] += x
+        best = max(mass.values())
+        char = min(c for c, m in mass.items() if m == best)
+        if char == _END:
+            return written
+        written += char
+        alive = [(v, x) for v, x in alive if v.startswith(written)]
+
+
+def greedy_by_level(targets: pd.DataFrame) -> dict[int, float]:
+    """Level -> the greedy reading of that level's training targets.
+
+    Args:
+        targets: one row per training prompt with ``level`` and ``p_acc`` (``targets.parquet``);
+            each ``p_acc`` is written as the rewrite writes it (:func:`format_confidence`).
+    """
+    missing = {"level", "p_acc"} - set(targets.columns)
+    if missing:
+        raise KeyError(f"targets: missing columns {sorted(missing)}")
+    out = {}
+    for level, group in targets.groupby("level"):
+        out[int(level)] = float(greedy_decode([format_confidence(float(p)) for p in group["p_acc"]]))
+    return out
+
+
+def bound_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_bins: int = 10) -> dict[str, float]:
+    """The headline metrics (:func:`caopd.evaluation.summary.headline_metric_fns`) of the ideal
+    level-conditional student: every answer of ``scored`` states ``decoded[its level]``.
+
+    Args:
+        scored: ``(n,)`` answers with ``level`` and ``correct`` (``scored.parquet``).
+        decoded: level -> stated confidence, e.g. :func:`greedy_by_level`.
+
+    Raises:
+        KeyError: an answer's level has no decoded value (naming the level and the prompt).
+    """
+    from caopd.evaluation.summary import headline_metric_fns
+
+    confidence = []
+    for prompt_id, level in zip(scored["prompt_id"], scored["level"]):
+        if int(level) not in decoded:
+            raise KeyError(f"answer {prompt_id}: level {int(level)} has no training targets "
+                           f"(levels with targets: {sorted(decoded)})")
+        confidence.append(decoded[int(level)])
+    correct = scored["correct"].astype(float).to_numpy()
+    return {name: float(fn(correct, confidence)) for name, fn in headline_metric_fns(n_bins).items()}
+
+
+def _stage_paths(index: Mapping[str, Any], stage: str) -> list[str]:
+    return [s["path"] for s in index["stages"] if s["stage"] == stage]
+
+
+def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
+    """The bound for ``variant`` beside its decoded metrics and the thresholds that use ``sdft``."""
+    root = index_dir.parent.parent
+    index_path = index_dir / f"{variant}.json"
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path}: no index for variant {variant!r}; run its target first")
+    index = json.loads(index_path.read_text())
+    target_dirs = _stage_paths(index, "targets")
+    evaluate_dirs = _stage_paths(index, "evaluate")
+    if not target_dirs or not evaluate_dirs:
+        raise FileNotFoundError(f"{index_path}: variant {variant!r} has no targets or no evaluation yet")
+    targets = pd.concat([pd.read_parquet(root / d / "targets.parquet") for d in target_dirs])
+    scored = pd.read_parquet(root / evaluate_dirs[0] / "scored.parquet")
+    metrics = json.loads((root / index["metrics"]).read_text())
+    sdft_metrics = json.loads((root / json.loads((index_dir / f"{sdft}.json").read_text())["metrics"]).read_text())
+    decoded = greedy_by_level(targets)
+    bound = bound_metrics(scored, decoded, n_bins=int(metrics.get("n_bins", 10)))
+
+    lines = [f"{variant}: the ideal level-conditional student, read greedily (caopd.evaluation.greedy_bound)",
+             f"{'level':>5} {'n':>4} {'target mean':>11} {'greedy':>6} {'accuracy':>8}"]
+    for level in sorted(decoded):
+        rows = scored[scored["level"] == level]
+        mean = float(targets.loc[targets["level"] == level, "p_acc"].mean())
+        lines.append(f"{level:>5} {len(rows):>4} {mean:>11.3f} {decoded[level]:>6.2f} {rows['correct'].mean():>8.3f}")
+    lines.append(f"{'':>12}{'bound':>8} {'decoded':>8}   threshold")
+    rows = [
+        ("gap", bound["overconfidence_gap"], metrics["overconfidence_gap"], "|gap| <= 0.05"),
+        ("ECE", bound["ece"], metrics["ece"], f"<= {0.5 * sdft_metrics['ece']:.3f} (half of {sdft}'s)"),
+        ("SPR", bound["spr"], metrics["spr"], f">= {sdft_metrics['spr'] + 0.2:.3f} ({sdft}'s + 0.2)"),
+    ]
+    for name, b, d, threshold in rows:
+        lines.append(f"{name:>12}{b:>+8.3f} {d:>+8.3f}   {threshold}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.greedy_bound",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
+    parser.add_argument("--variant", default="caopd", help="the CaOPD variant whose targets and answers to read")
+    parser.add_argument("--sdft", default="sdft", help="the variant whose ECE and SPR set the thresholds")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    print(report(args.index_dir, args.variant, args.sdft))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
