@@ -1,22 +1,24 @@
-"""What greedy decoding can show of a confidence learned from sampled targets: the level bound.
+"""What greedy decoding reads from a confidence learned from sampled targets, level by level.
 
 CaOPD trains the stated number toward each training prompt's success rate ``P_acc`` (the share
-of its K rollouts that were right). A student that can tell prompts apart only by what it can
-see learns, at best, the *distribution* of the targets of the prompts that look alike to it.
-Greedy decoding reads that distribution digit by digit, taking the most likely next digit each
-time (:func:`greedy_decode`): a mode-like value, not the mean the targets are calibrated in.
+of its K rollouts that were right). A student that cannot tell which prompts it will get right
+learns, at best, the *distribution* of the targets of the prompts that look alike to it, and
+that distribution is calibrated in its mean. Greedy decoding reads it digit by digit, taking
+the most likely next digit each time (:func:`greedy_decode`): a mode-like value, not the mean.
 
-This module asks what the checks would read from an *ideal level-conditional student*: one that
+This module shows what that reading gives for an *ideal level-conditional student*: one that
 sees exactly the level written in an ``arith`` question and has learned, per level, the
 distribution of the training targets of that level. Each evaluated answer at level ``L`` is
 given the confidence ``greedy_decode(targets of level L)``; its correctness is the evaluated
-model's own. Where even this student misses a threshold, the shortfall is in greedy decoding of
-those targets, not in how well the real student learned them (docs/tiny_model.md §6).
+model's own. It is a reference, not a bound: a real student conditions on more than the level
+(its own work line, the numbers) and can read higher or lower. Where the greedy reading of a
+level sits far from both the mean of its targets and its accuracy, the decoded number is a
+property of greedy decoding, not of how well the student learned (docs/tiny_model.md §6).
 
 Print it for a finished run (the variant's index names its targets and its scored answers)::
 
-    python -m caopd.evaluation.greedy_bound results/index
-    python -m caopd.evaluation.greedy_bound results/index --variant caopd_lr3e4 --sdft sdft_lr3e4
+    python -m caopd.evaluation.greedy_reading results/index
+    python -m caopd.evaluation.greedy_reading results/index --variant caopd_lr3e4 --sdft sdft_lr3e4
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def greedy_by_level(targets: pd.DataFrame) -> dict[int, float]:
     return out
 
 
-def bound_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_bins: int = 10) -> dict[str, float]:
+def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_bins: int = 10) -> dict[str, float]:
     """The headline metrics (:func:`caopd.evaluation.summary.headline_metric_fns`) of the ideal
     level-conditional student: every answer of ``scored`` states ``decoded[its level]``.
 
@@ -121,7 +123,8 @@ def _stage_paths(index: Mapping[str, Any], stage: str) -> list[str]:
 
 
 def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
-    """The bound for ``variant`` beside its decoded metrics and the thresholds that use ``sdft``."""
+    """The level-conditional greedy reading for ``variant`` beside its decoded metrics and the
+    thresholds that use ``sdft``."""
     root = index_dir.parent.parent
     index_path = index_dir / f"{variant}.json"
     if not index_path.is_file():
@@ -136,21 +139,21 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     metrics = json.loads((root / index["metrics"]).read_text())
     sdft_metrics = json.loads((root / json.loads((index_dir / f"{sdft}.json").read_text())["metrics"]).read_text())
     decoded = greedy_by_level(targets)
-    bound = bound_metrics(scored, decoded, n_bins=int(metrics.get("n_bins", 10)))
+    reading = level_reading_metrics(scored, decoded, n_bins=int(metrics.get("n_bins", 10)))
 
-    lines = [f"{variant}: the ideal level-conditional student, read greedily (caopd.evaluation.greedy_bound)",
+    lines = [f"{variant}: the ideal level-conditional student, read greedily (caopd.evaluation.greedy_reading)",
              f"{'level':>5} {'n':>4} {'target mean':>11} {'greedy':>6} {'accuracy':>8}"]
     for level in sorted(decoded):
         rows = scored[scored["level"] == level]
         mean = float(targets.loc[targets["level"] == level, "p_acc"].mean())
         lines.append(f"{level:>5} {len(rows):>4} {mean:>11.3f} {decoded[level]:>6.2f} {rows['correct'].mean():>8.3f}")
-    lines.append(f"{'':>12}{'bound':>8} {'decoded':>8}   threshold")
-    rows = [
-        ("gap", bound["overconfidence_gap"], metrics["overconfidence_gap"], "|gap| <= 0.05"),
-        ("ECE", bound["ece"], metrics["ece"], f"<= {0.5 * sdft_metrics['ece']:.3f} (half of {sdft}'s)"),
-        ("SPR", bound["spr"], metrics["spr"], f">= {sdft_metrics['spr'] + 0.2:.3f} ({sdft}'s + 0.2)"),
+    lines.append(f"{'':>12}{'levels':>8} {'decoded':>8}   threshold")
+    checks = [
+        ("gap", reading["overconfidence_gap"], metrics["overconfidence_gap"], "|gap| <= 0.05"),
+        ("ECE", reading["ece"], metrics["ece"], f"<= {0.5 * sdft_metrics['ece']:.3f} (half of {sdft}'s)"),
+        ("SPR", reading["spr"], metrics["spr"], f">= {sdft_metrics['spr'] + 0.2:.3f} ({sdft}'s + 0.2)"),
     ]
-    for name, b, d, threshold in rows:
+    for name, b, d, threshold in checks:
         lines.append(f"{name:>12}{b:>+8.3f} {d:>+8.3f}   {threshold}")
     return "\n".join(lines)
 
@@ -158,7 +161,7 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.greedy_bound",
+    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.greedy_reading",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
     parser.add_argument("--variant", default="caopd", help="the CaOPD variant whose targets and answers to read")

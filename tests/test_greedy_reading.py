@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from caopd.evaluation.greedy_bound import bound_metrics, greedy_by_level, greedy_decode, main, report
+from caopd.evaluation.greedy_reading import level_reading_metrics, greedy_by_level, greedy_decode, main, report
 
 
 def test_a_point_mass_is_read_as_itself():
@@ -73,20 +73,20 @@ def _scored() -> pd.DataFrame:
     })
 
 
-def test_bound_metrics_state_the_level_value_for_every_answer():
-    m = bound_metrics(_scored(), {1: 1.0, 2: 0.5})
+def test_level_reading_metrics_state_the_level_value_for_every_answer():
+    m = level_reading_metrics(_scored(), {1: 1.0, 2: 0.5})
     assert m["accuracy"] == pytest.approx(0.75)
     assert m["mean_confidence"] == pytest.approx(0.75)
     assert m["overconfidence_gap"] == pytest.approx(0.0)
     assert m["ece"] == pytest.approx(0.0)  # each level is its own bin and exact
-    m = bound_metrics(_scored(), {1: 0.5, 2: 0.5})
+    m = level_reading_metrics(_scored(), {1: 0.5, 2: 0.5})
     assert m["overconfidence_gap"] == pytest.approx(-0.25)
     assert m["spr"] == pytest.approx(0.0)  # one stated value for all: no ordering
 
 
 def test_an_answer_at_a_level_without_targets_is_named():
     with pytest.raises(KeyError, match="answer c: level 2 has no training targets"):
-        bound_metrics(_scored(), {1: 1.0})
+        level_reading_metrics(_scored(), {1: 1.0})
 
 
 def test_report_reads_a_run_through_its_index(tmp_path, capsys):
