@@ -139,7 +139,8 @@ def open_job(
     try:
         yield job
         manifest = pub.publish(
-            {"round": job.round, "result": job.result, "mlflow_run_id": tracker.run_id if tracker else None},
+            {"round": job.round, "seed": job.seed, "result": job.result,
+             "mlflow_run_id": tracker.run_id if tracker else None},
             root,
         )
     except BaseException:

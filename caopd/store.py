@@ -4,7 +4,8 @@ An artifact is a directory ``results/<stage>/<key>/`` holding the stage's output
 
 - ``spec.json``: the preimage of the key (stage, params, code fingerprint, upstream keys);
 - ``manifest.json``: sha256 and size of every output file, git commit, package versions, host,
-  start/end times, the MLflow run id, and the stage's small result summary.
+  start/end times, the MLflow run id, the seed the job was given and the stage's small result
+  summary.
 
 Publication is atomic: a job writes into ``results/<stage>/.tmp-<key>-<pid>/`` and renames it to
 its key when everything is written, so a job that dies leaves no half-written keyed directory.

@@ -40,6 +40,7 @@ def test_publication_writes_spec_and_manifest(tmp_path):
     assert set(manifest["files"]) == {"spec.json", "sub/data.bin"}
     assert manifest["files"]["sub/data.bin"]["size"] == 5
     assert manifest["result"] == {"n": 1}
+    assert manifest["seed"] == 1  # the draw the job was given, for provenance
     assert {"git_commit", "packages", "host", "started", "ended", "mlflow_run_id"} <= set(manifest)
     assert json.loads((out / "spec.json").read_text()) == _preimage()
     assert not list(out.parent.glob(".tmp-*"))
