@@ -34,6 +34,8 @@ def test_ties_go_to_the_smallest_digit():
     values = [f"{n / 8:.2f}" for n in range(9)]
     assert greedy_decode(values) == "0.00"
     assert greedy_decode(["0.30", "0.70"]) == "0.30"
+    # equal up to float rounding is a tie: 0.1 + 0.2 != 0.3 in floats
+    assert greedy_decode(["0.70", "0.40"], weights=[0.3, 0.1 + 0.2]) == "0.40"
 
 
 def test_weights_count_like_repeats():
@@ -44,6 +46,7 @@ def test_weights_count_like_repeats():
 def test_the_end_of_a_value_competes_as_a_symbol():
     assert greedy_decode(["0.5", "0.5", "0.55"]) == "0.5"
     assert greedy_decode(["0.5", "0.55", "0.55"]) == "0.55"
+    assert greedy_decode(["0.5", "0.55"]) == "0.5"  # a tie: the end goes first
 
 
 @pytest.mark.parametrize(
@@ -61,8 +64,10 @@ def test_greedy_by_level_formats_each_target_as_the_rewrite_does():
     # 0.375 is written "0.38" (two of three at level 1); level 2: "0.12" and "0.00" tie on the
     # tenths digit, and 0 < 1
     assert greedy_by_level(targets) == {1: 0.38, 2: 0.0}
-    with pytest.raises(KeyError, match="p_acc"):
-        greedy_by_level(targets.drop(columns="p_acc"))
+    with pytest.raises(KeyError, match="t.parquet: missing columns \\['p_acc'\\]"):
+        greedy_by_level(targets.drop(columns="p_acc"), source="t.parquet")
+    with pytest.raises(ValueError, match="row 3: p_acc nan is not in"):
+        greedy_by_level(targets.assign(p_acc=[0.5, 0.5, 0.5, float("nan"), 0.0]))
 
 
 def _scored() -> pd.DataFrame:
@@ -87,6 +92,8 @@ def test_level_reading_metrics_state_the_level_value_for_every_answer():
 def test_an_answer_at_a_level_without_targets_is_named():
     with pytest.raises(KeyError, match="answer c: level 2 has no training targets"):
         level_reading_metrics(_scored(), {1: 1.0})
+    with pytest.raises(KeyError, match="missing columns \\['prompt_id'\\]"):
+        level_reading_metrics(_scored().drop(columns="prompt_id"), {1: 1.0, 2: 0.5})
 
 
 def test_report_reads_a_run_through_its_index(tmp_path, capsys):
@@ -106,7 +113,8 @@ def test_report_reads_a_run_through_its_index(tmp_path, capsys):
     (index / "caopd.json").write_text(json.dumps({"metrics": "results/evaluate/k/metrics.json", "stages": stages}))
     (index / "sdft.json").write_text(json.dumps({"metrics": "results/evaluate/s/metrics.json", "stages": []}))
     text = report(index)
-    assert "+0.000   -0.100   |gap| <= 0.05" in text  # levels state 1.00 and 0.50: gap exactly 0
+    assert "+0.000   -0.100   |gap| <= 0.05" in text
+    assert "0.000    0.200   <= 0.200" in text  # ECE: no sign  # levels state 1.00 and 0.50: gap exactly 0
     assert "<= 0.200 (half of sdft's)" in text and ">= 0.250 (sdft's + 0.2)" in text
     assert main([str(index)]) == 0 and "ideal level-conditional" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no index for variant 'nope'"):

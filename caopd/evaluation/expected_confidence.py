@@ -1,10 +1,11 @@
 """The confidence a model states *in expectation* at its own answer, beside the one it decodes.
 
-Greedy evaluation (the reference's) decodes the stated number digit by digit, so it reports the
-*mode* of the model's confidence distribution, not its mean. CaOPD trains that distribution
-toward ``P_acc``, a success rate that varies from prompt to prompt; where the targets of similar
-prompts are spread out (0.12 for one sum, 0.88 for the next), the digit-wise mode can sit far
-from the mean the model has learned. This module measures the mean: for an answer ending in a
+Greedy evaluation (the reference's) decodes the stated number digit by digit, taking the most
+likely digit each time: a mode-like reading of the model's confidence distribution, not its
+mean (:mod:`caopd.evaluation.greedy_reading`). CaOPD trains that distribution toward ``P_acc``,
+a success rate that varies from prompt to prompt; where the targets of similar prompts are
+spread out (0.12 for one sum, 0.88 for the next), the greedy reading can sit far from the mean
+the model has learned. This module measures the mean: for an answer ending in a
 confidence label, the expectation of the two-decimal number ``d.dd`` that could follow it,
 
     E[c] = P(1) · 1.00 + P(0) · Σ_a P(a | "0.") · (a/10 + Σ_b P(b | "0.a") · b/100)

@@ -24,6 +24,7 @@ Print it for a finished run (the variant's index names its targets and its score
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -43,9 +44,10 @@ def greedy_decode(values: Sequence[str], weights: Sequence[float] | None = None)
     the (weighted) empirical distribution of ``values``, one character per token.
 
     At each position the next character is the one with the largest total weight among the
-    values that agree with what has been written so far; a tie goes to the smallest character
-    (``argmax`` over digit tokens whose ids are in digit order takes the first). The end of a
-    value competes as a character of its own.
+    values that agree with what has been written so far; a tie (equal up to float rounding,
+    ``math.isclose``) goes to the smallest character, as ``argmax`` over digit tokens whose ids
+    are in digit order takes the first. The end of a value competes as a character of its own,
+    smaller than every other, so it wins a tie.
 
     Args:
         values: ``(n,)`` stated values as written, e.g. ``format_confidence(p)`` (``"0.38"``).
@@ -72,23 +74,30 @@ def greedy_decode(values: Sequence[str], weights: Sequence[float] | None = None)
         for value, x in alive:
             mass[value[pos] if pos < len(value) else _END] += x
         best = max(mass.values())
-        char = min(c for c, m in mass.items() if m == best)
+        char = min(c for c, m in mass.items() if math.isclose(m, best, rel_tol=1e-9, abs_tol=1e-12))
         if char == _END:
             return written
         written += char
         alive = [(v, x) for v, x in alive if v.startswith(written)]
 
 
-def greedy_by_level(targets: pd.DataFrame) -> dict[int, float]:
+def greedy_by_level(targets: pd.DataFrame, source: str = "targets") -> dict[int, float]:
     """Level -> the greedy reading of that level's training targets.
 
     Args:
         targets: one row per training prompt with ``level`` and ``p_acc`` (``targets.parquet``);
             each ``p_acc`` is written as the rewrite writes it (:func:`format_confidence`).
+        source: names ``targets`` in errors (e.g. its file).
+
+    Raises:
+        KeyError: a column is missing; ValueError: a ``p_acc`` is not in [0, 1] (naming its row).
     """
     missing = {"level", "p_acc"} - set(targets.columns)
     if missing:
-        raise KeyError(f"targets: missing columns {sorted(missing)}")
+        raise KeyError(f"{source}: missing columns {sorted(missing)}")
+    bad = targets.index[~targets["p_acc"].between(0, 1)]
+    if len(bad):
+        raise ValueError(f"{source}: row {bad[0]}: p_acc {float(targets['p_acc'][bad[0]])} is not in [0, 1]")
     out = {}
     for level, group in targets.groupby("level"):
         out[int(level)] = float(greedy_decode([format_confidence(float(p)) for p in group["p_acc"]]))
@@ -97,10 +106,11 @@ def greedy_by_level(targets: pd.DataFrame) -> dict[int, float]:
 
 def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_bins: int = 10) -> dict[str, float]:
     """The headline metrics (:func:`caopd.evaluation.summary.headline_metric_fns`) of the ideal
-    level-conditional student: every answer of ``scored`` states ``decoded[its level]``.
+    level-conditional student: every answer of ``scored`` states ``decoded[its level]``, also
+    those whose real stated confidence did not parse (the real metrics score those as 0).
 
     Args:
-        scored: ``(n,)`` answers with ``level`` and ``correct`` (``scored.parquet``).
+        scored: ``(n,)`` answers with ``prompt_id``, ``level`` and ``correct`` (``scored.parquet``).
         decoded: level -> stated confidence, e.g. :func:`greedy_by_level`.
 
     Raises:
@@ -108,6 +118,9 @@ def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_
     """
     from caopd.evaluation.summary import headline_metric_fns
 
+    missing = {"prompt_id", "level", "correct"} - set(scored.columns)
+    if missing:
+        raise KeyError(f"scored answers: missing columns {sorted(missing)}")
     confidence = []
     for prompt_id, level in zip(scored["prompt_id"], scored["level"]):
         if int(level) not in decoded:
@@ -134,7 +147,13 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     evaluate_dirs = _stage_paths(index, "evaluate")
     if not target_dirs or not evaluate_dirs:
         raise FileNotFoundError(f"{index_path}: variant {variant!r} has no targets or no evaluation yet")
-    targets = pd.concat([pd.read_parquet(root / d / "targets.parquet") for d in target_dirs])
+    tables = []
+    for d in target_dirs:
+        path = root / d / "targets.parquet"
+        table = pd.read_parquet(path)
+        greedy_by_level(table, source=str(path))  # checks the file, naming it
+        tables.append(table)
+    targets = pd.concat(tables, ignore_index=True)
     scored = pd.read_parquet(root / evaluate_dirs[0] / "scored.parquet")
     metrics = json.loads((root / index["metrics"]).read_text())
     sdft_metrics = json.loads((root / json.loads((index_dir / f"{sdft}.json").read_text())["metrics"]).read_text())
@@ -154,7 +173,8 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
         ("SPR", reading["spr"], metrics["spr"], f">= {sdft_metrics['spr'] + 0.2:.3f} ({sdft}'s + 0.2)"),
     ]
     for name, b, d, threshold in checks:
-        lines.append(f"{name:>12}{b:>+8.3f} {d:>+8.3f}   {threshold}")
+        sign = "+" if name == "gap" else ""
+        lines.append(f"{name:>12}{b:>{sign}8.3f} {d:>{sign}8.3f}   {threshold}")
     return "\n".join(lines)
 
 
