@@ -71,6 +71,7 @@ evaluation set therefore depends on neither the run seed nor the train or val si
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -227,6 +228,26 @@ def response(
             )
         lines.append(f"Confidence: {confidence:.2f}")
     return "\n".join(lines)
+
+
+#: the value and the letter glued to it on a work line, ``47 + 85 = 132(B)``
+_WORK_RE = re.compile(r"=[ \t]*(\d+)\(([A-D])\)")
+
+
+def work_line(completion: str) -> tuple[int, str] | None:
+    """``(value, letter)`` of the first work line ``a op b = value(letter)`` in ``completion``,
+    or ``None`` where there is none (:func:`response` writes that line first).
+
+    Examples:
+        >>> work_line("47 + 85 = 122(C)\n<answer>B</answer>\nConfidence: 0.50")
+        (122, 'C')
+        >>> work_line("<answer>B</answer>") is None
+        True
+    """
+    if not isinstance(completion, str):
+        raise TypeError(f"work_line expects a str, got {type(completion).__name__}: {completion!r}")
+    match = _WORK_RE.search(completion)
+    return (int(match.group(1)), match.group(2)) if match else None
 
 
 class ArithTask:

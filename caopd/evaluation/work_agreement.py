@@ -1,0 +1,112 @@
+"""Does the answer follow the work? ``arith`` answers split into the value and the letter.
+
+An ``arith`` response states its work first, ``47 + 85 = 132(B)``, the letter glued to the value
+it computed, then ``<answer>B</answer>``. An answer is right when three things hold: the value
+is the result, the letter glued to it is that option's letter (an in-context lookup), and the
+answer letter is the glued one. On-policy distillation trains the
+second against a teacher that has seen the demonstration: after a wrong value it names the right
+letter, which the student cannot know, so the student learns an answer letter that need not
+follow its own work. This module separates the two (docs/tiny_model.md §5):
+
+==================  ====================================================================
+value_right         the work line's value is the result
+lookup_right        the letter glued to the value is the letter of that value's option
+letter_follows      the ``<answer>`` letter is the letter glued to the work line's value
+accuracy            the ``<answer>`` letter is the ground truth (the evaluation's accuracy)
+==================  ====================================================================
+
+An answer without a work line counts in none of the first three. Print it for every variant
+of a finished ``arith`` run::
+
+    python -m caopd.evaluation.work_agreement results/index
+    python -m caopd.evaluation.work_agreement results/index --variants base sdft caopd
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from caopd.tasks.arith import work_line
+from caopd.tasks.base import Example
+from caopd.tasks.mcq import LETTERS, extract_letter
+
+
+def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, Example]) -> dict[str, float]:
+    """Shares of ``answers`` whose value is right, whose glued letter is the value's option,
+    whose answer letter follows the work, and that are right (module docstring).
+
+    Args:
+        answers: ``(prompt_id, completion text)`` pairs, one per answer (several per prompt when
+            sampled).
+        examples: prompt id -> its ``arith`` example (``meta["result"]``, ``meta["options"]``,
+            ``ground_truth``).
+
+    Raises:
+        KeyError: an answer's prompt id is not among ``examples`` (naming it).
+        ValueError: no answers.
+    """
+    n = value_right = lookup_right = letter_follows = right = 0
+    for prompt_id, text in answers:
+        if prompt_id not in examples:
+            raise KeyError(f"answer to {prompt_id!r}: no such prompt in the split")
+        example = examples[prompt_id]
+        letter = extract_letter(text)
+        work = work_line(text)
+        n += 1
+        right += letter is not None and letter == example.ground_truth
+        if work is not None:
+            value, glued = work
+            options = list(example.meta["options"])
+            value_right += value == example.meta["result"]
+            lookup_right += value in options and glued == LETTERS[options.index(value)]
+            letter_follows += letter == glued
+    if n == 0:
+        raise ValueError("agreement: no answers")
+    return {"n": n, "value_right": value_right / n, "lookup_right": lookup_right / n,
+            "letter_follows": letter_follows / n, "accuracy": right / n}
+
+
+def variant_agreement(index_path: Path) -> dict[str, float]:
+    """:func:`agreement` of one variant's evaluated answers, read through its index file."""
+    from caopd.data import read_split
+    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.stage import ROLLOUTS_FILE
+
+    root = index_path.parent.parent.parent
+    index: dict[str, Any] = json.loads(index_path.read_text())
+    paths = {entry["stage"]: root / entry["path"] for entry in index["stages"]}
+    for stage in ("prepare_data", "eval_rollouts"):
+        if stage not in paths:
+            raise FileNotFoundError(f"{index_path}: no {stage} stage yet; run the variant first")
+    split = json.loads((paths["eval_rollouts"] / "spec.json").read_text())["params"]["split"]
+    examples = {ex.id: ex for ex in read_split(paths["prepare_data"], split)}
+    records = read_rollouts(paths["eval_rollouts"] / ROLLOUTS_FILE)
+    return agreement(((r.prompt_id, r.text) for r in records), examples)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.work_agreement",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
+    parser.add_argument("--variants", nargs="*", help="default: every variant in the index")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    names = args.variants or sorted(p.stem for p in args.index_dir.glob("*.json"))
+    if not names:
+        raise FileNotFoundError(f"{args.index_dir}: no variant index files")
+    print(f"{'variant':<16} {'answers':>7} {'value right':>11} {'lookup right':>12} {'letter follows':>14} "
+          f"{'accuracy':>8}")
+    for name in names:
+        row = variant_agreement(args.index_dir / f"{name}.json")
+        print(f"{name:<16} {row['n']:>7} {row['value_right']:>11.3f} {row['lookup_right']:>12.3f} "
+              f"{row['letter_follows']:>14.3f} {row['accuracy']:>8.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
