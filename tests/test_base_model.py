@@ -53,3 +53,6 @@ def test_tiny_model_builds_reloads_and_rebuilds_byte_identical(tmp_path):
     manifest = verify_artifact(first)
     assert manifest["result"]["tokenizer_roundtrip"] == "ok"
     assert 0 < manifest["result"]["n_parameters"] < 5_000_000
+    # 2 copy steps, then on to the 4-step cap while the loss is above 0.5 (it is, after 4 steps)
+    assert manifest["result"]["induction_steps_run"] == 4
+    assert manifest["result"]["induction_converged"] is False

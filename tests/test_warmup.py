@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from caopd.models.warmup import (
@@ -104,6 +105,7 @@ def test_induction_runs_its_steps_then_goes_on_only_while_the_loss_is_high():
     assert _run([0.1] * 50, steps=20, max_steps=40, stop_loss=0.5)[1] == 20
     # loss 4.0 for 30 steps, then 0.1: after k low steps the 10-step mean is
     # ((10 - k) * 4.0 + k * 0.1) / 10 < 0.5  <=>  k > 8.97, so it stops at step 30 + 9
-    assert _run([4.0] * 30 + [0.1] * 50, steps=20, max_steps=60, stop_loss=0.5)[1] == 39
+    assert _run([4.0] * 30 + [0.1] * 50, steps=20, max_steps=60, stop_loss=0.5) == (
+        pytest.approx((1 * 4.0 + 9 * 0.1) / 10), 39)  # the returned loss is that mean
     assert _run([4.0] * 100, steps=20, max_steps=40, stop_loss=0.5)[1] == 40
     assert _run([4.0] * 100, steps=20, max_steps=40, stop_loss=None)[1] == 20

@@ -86,7 +86,8 @@ def build_tiny(params: Mapping[str, Any], out: Path, *, threads: int, tracker=No
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny model: %d parameters, vocab %d", n_params, len(tokenizer))
     examples = warmup_mixture(cfg["warmup"]["examples"], seed=seed, levels=levels)
-    curve = train_warmup(model, tokenizer, examples, cfg["warmup"], seed=seed, tracker=tracker)
+    induction: dict[str, Any] = {}
+    curve = train_warmup(model, tokenizer, examples, cfg["warmup"], seed=seed, tracker=tracker, stats=induction)
 
     target = out / MODEL_SUBDIR
     model.save_pretrained(target, safe_serialization=True)
@@ -104,6 +105,7 @@ def build_tiny(params: Mapping[str, Any], out: Path, *, threads: int, tracker=No
         "vocab_size": len(tokenizer),
         "final_warmup_loss": curve[-1]["loss"] if curve else None,
         "tokenizer_roundtrip": "ok",
+        **induction,
     }
 
 

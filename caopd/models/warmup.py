@@ -27,6 +27,7 @@ seed, apart from the prepared splits (a real base model has also seen arithmetic
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,8 @@ BASE_CONFIDENCES: tuple[float, ...] = (0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 MIXTURE: dict[str, float] = {"student": 0.5, "teacher_sdft": 0.2, "teacher_note": 0.3}
 
 WARMUP_SEED_OFFSET = 7_777_777
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ def induction_batch(vocab, *, batch_size: int, length: int, min_span: int, gener
 def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_size: int, seed: int,
                     min_span: int = 6, max_steps: int | None = None,
                     stop_loss: float | None = None) -> tuple[float, int]:
-    """Copy-task pretraining on :func:`induction_batch` batches. Returns (last loss, steps run).
+    """Copy-task pretraining on :func:`induction_batch` batches. Returns (mean loss of the last 10
+    steps, steps run).
 
     Runs ``steps`` steps; then, while the mean loss of the last 10 steps is still ``>=
     stop_loss``, goes on up to ``max_steps`` in all (``None``: stop at ``steps``).
@@ -143,7 +147,7 @@ def train_induction(model, tokenizer, opt, *, steps: int, length: int, batch_siz
         step += 1
         if step >= steps and (stop_loss is None or sum(recent) / len(recent) < stop_loss):
             break
-    return (recent[-1] if recent else float("nan")), step
+    return (sum(recent) / len(recent) if recent else float("nan")), step
 
 
 def length_bucketed_batches(lengths: Sequence[int], *, batch_size: int, n_batches: int, seed: int,
@@ -188,10 +192,15 @@ def response_loss(model, input_ids, attention_mask, labels):
 
 
 def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mapping[str, Any], *,
-                 seed: int, log_every: int = 25, tracker=None) -> list[dict[str, float]]:
+                 seed: int, log_every: int = 25, tracker=None,
+                 stats: dict[str, Any] | None = None) -> list[dict[str, float]]:
     """Train ``model`` on the mixture (AdamW, cosine schedule with 5% warmup, loss on responses).
 
-    Returns the training curve rows ``{"step", "loss", "lr"}`` (every ``log_every`` steps).
+    Returns the training curve rows ``{"step", "loss", "lr"}`` (every ``log_every`` steps). Into
+    ``stats``, when given, goes what the copy task did: ``induction_steps_run``,
+    ``induction_loss`` (mean of its last 10 steps) and ``induction_converged`` (that loss below
+    ``induction_stop_loss``; a model whose copy task did not converge reads option letters
+    poorly, docs/tiny_model.md §1).
     """
     import torch
     from tqdm import tqdm
@@ -214,6 +223,14 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
         )
         if tracker is not None:
             tracker.log_metrics({"induction_loss": induction_loss, "induction_steps_run": induction_run}, step=0)
+        converged = induction_loss < cfg["induction_stop_loss"]
+        if not converged:
+            log.warning("copy task: loss %.3f after %d steps, still above %.3f: the induction heads may "
+                        "not have formed, and the model may read option letters poorly",
+                        induction_loss, induction_run, cfg["induction_stop_loss"])
+        if stats is not None:
+            stats.update(induction_steps_run=induction_run, induction_loss=induction_loss,
+                         induction_converged=converged)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     batches = length_bucketed_batches([len(ids) for ids, _ in encoded], batch_size=batch_size,
                                       n_batches=steps, seed=seed)
