@@ -23,8 +23,8 @@ TINY = {
 }
 
 
-def _build(root: Path) -> Path:
-    params = {"seed": 0, "source": "tiny", "tiny": TINY}
+def _build(root: Path, tiny: dict = TINY) -> Path:
+    params = {"seed": 0, "source": "tiny", "tiny": tiny}
     pre = {"stage": "base_model", "params": params, "code": "test", "upstream": {}}
     key = hashlib.sha256(canonical_json(pre).encode()).hexdigest()[:16]
     out = root / "results" / "base_model" / key
@@ -56,3 +56,9 @@ def test_tiny_model_builds_reloads_and_rebuilds_byte_identical(tmp_path):
     # 2 copy steps, then on to the 4-step cap while the loss is above 0.5 (it is, after 4 steps)
     assert manifest["result"]["induction_steps_run"] == 4
     assert manifest["result"]["induction_converged"] is False
+
+
+def test_without_a_stop_loss_the_copy_task_runs_its_steps_unjudged(tmp_path):
+    tiny = {**TINY, "warmup": {**TINY["warmup"], "induction_stop_loss": None}}
+    result = verify_artifact(_build(tmp_path, tiny))["result"]
+    assert result["induction_steps_run"] == 2 and result["induction_converged"] is None

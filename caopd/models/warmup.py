@@ -199,8 +199,8 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
     Returns the training curve rows ``{"step", "loss", "lr"}`` (every ``log_every`` steps). Into
     ``stats``, when given, goes what the copy task did: ``induction_steps_run``,
     ``induction_loss`` (mean of its last 10 steps) and ``induction_converged`` (that loss below
-    ``induction_stop_loss``; a model whose copy task did not converge reads option letters
-    poorly, docs/tiny_model.md §1).
+    ``induction_stop_loss``, ``None`` without one; a model whose copy task did not converge reads
+    option letters poorly, docs/tiny_model.md §1).
     """
     import torch
     from tqdm import tqdm
@@ -223,11 +223,12 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
         )
         if tracker is not None:
             tracker.log_metrics({"induction_loss": induction_loss, "induction_steps_run": induction_run}, step=0)
-        converged = induction_loss < cfg["induction_stop_loss"]
-        if not converged:
+        stop_loss = cfg["induction_stop_loss"]
+        converged = None if stop_loss is None else bool(induction_loss < stop_loss)
+        if converged is False:
             log.warning("copy task: loss %.3f after %d steps, still above %.3f: the induction heads may "
                         "not have formed, and the model may read option letters poorly",
-                        induction_loss, induction_run, cfg["induction_stop_loss"])
+                        induction_loss, induction_run, stop_loss)
         if stats is not None:
             stats.update(induction_steps_run=induction_run, induction_loss=induction_loss,
                          induction_converged=converged)
