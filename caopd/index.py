@@ -26,6 +26,20 @@ def build_index(variant: str, stages: Sequence[Mapping[str, Any]]) -> dict[str, 
     return {"variant": variant, "stages": entries, "metrics": metrics}
 
 
+def read_index(index_dir: str | Path, variant: str) -> dict[str, Any]:
+    """``index_dir/<variant>.json``; FileNotFoundError naming it when the variant has not run."""
+    path = Path(index_dir) / f"{variant}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no index for variant {variant!r}; run its target first")
+    return read_json(path)
+
+
+def stage_dirs(index: Mapping[str, Any], stage: str, root: str | Path) -> list[Path]:
+    """The artifact directories of ``stage`` in an index (one per round), under ``root``, the
+    workflow's working directory that the index's paths are relative to."""
+    return [Path(root) / entry["path"] for entry in index["stages"] if entry["stage"] == stage]
+
+
 def write_index(variant: str, stages: Sequence[Mapping[str, Any]], out: str | Path,
                 tracking: Mapping[str, Any] | None) -> dict[str, Any]:
     index = build_index(variant, stages)

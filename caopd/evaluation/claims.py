@@ -97,16 +97,15 @@ def metrics_from_index(index_dir: Path, root: Path | None = None,
     ``root`` is the directory the index's paths are relative to (default: the parent of
     ``index_dir``'s parent, i.e. the workflow's working directory).
     """
+    from caopd.index import read_index
+
     root = index_dir.parent.parent if root is None else root
     out = {}
     for role in VARIANTS:
         variant = (names or {}).get(role, role)
-        path = index_dir / f"{variant}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no index for variant {variant!r}; run its target first")
-        index = json.loads(path.read_text())
+        index = read_index(index_dir, variant)
         if not index.get("metrics"):
-            raise FileNotFoundError(f"{path}: variant {variant!r} has no metrics yet")
+            raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no metrics yet")
         out[role] = json.loads((root / index["metrics"]).read_text())
     return out
 

@@ -29,7 +29,6 @@ import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -131,32 +130,28 @@ def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_
     return {name: float(fn(correct, confidence)) for name, fn in headline_metric_fns(n_bins).items()}
 
 
-def _stage_paths(index: Mapping[str, Any], stage: str) -> list[str]:
-    return [s["path"] for s in index["stages"] if s["stage"] == stage]
-
-
 def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     """The level-conditional greedy reading for ``variant`` beside its decoded metrics and the
     thresholds that use ``sdft``."""
+    from caopd.index import read_index, stage_dirs
+
     root = index_dir.parent.parent
-    index_path = index_dir / f"{variant}.json"
-    if not index_path.is_file():
-        raise FileNotFoundError(f"{index_path}: no index for variant {variant!r}; run its target first")
-    index = json.loads(index_path.read_text())
-    target_dirs = _stage_paths(index, "targets")
-    evaluate_dirs = _stage_paths(index, "evaluate")
+    index = read_index(index_dir, variant)
+    target_dirs = stage_dirs(index, "targets", root)
+    evaluate_dirs = stage_dirs(index, "evaluate", root)
     if not target_dirs or not evaluate_dirs:
-        raise FileNotFoundError(f"{index_path}: variant {variant!r} has no targets or no evaluation yet")
+        raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no targets or "
+                                "no evaluation yet")
     tables = []
     for d in target_dirs:
-        path = root / d / "targets.parquet"
+        path = d / "targets.parquet"
         table = pd.read_parquet(path)
         greedy_by_level(table, source=str(path))  # checks the file, naming it
         tables.append(table)
     targets = pd.concat(tables, ignore_index=True)
-    scored = pd.read_parquet(root / evaluate_dirs[0] / "scored.parquet")
+    scored = pd.read_parquet(evaluate_dirs[0] / "scored.parquet")
     metrics = json.loads((root / index["metrics"]).read_text())
-    sdft_metrics = json.loads((root / json.loads((index_dir / f"{sdft}.json").read_text())["metrics"]).read_text())
+    sdft_metrics = json.loads((root / read_index(index_dir, sdft)["metrics"]).read_text())
     decoded = greedy_by_level(targets)
     reading = level_reading_metrics(scored, decoded, n_bins=int(metrics.get("n_bins", 10)))
 

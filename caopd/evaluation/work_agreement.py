@@ -28,7 +28,6 @@ import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from caopd.tasks.arith import work_line
 from caopd.tasks.base import Example
@@ -73,15 +72,18 @@ def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, Example
 def variant_agreement(index_path: Path) -> dict[str, float]:
     """:func:`agreement` of one variant's evaluated answers, read through its index file."""
     from caopd.data import read_split
+    from caopd.index import read_index, stage_dirs
     from caopd.rollouts.engine import read_rollouts
     from caopd.rollouts.stage import ROLLOUTS_FILE
 
     root = index_path.parent.parent.parent
-    index: dict[str, Any] = json.loads(index_path.read_text())
-    paths = {entry["stage"]: root / entry["path"] for entry in index["stages"]}
+    index = read_index(index_path.parent, index_path.stem)
+    paths = {}
     for stage in ("prepare_data", "eval_rollouts"):
-        if stage not in paths:
+        dirs = stage_dirs(index, stage, root)
+        if not dirs:
             raise FileNotFoundError(f"{index_path}: no {stage} stage yet; run the variant first")
+        paths[stage] = dirs[0]
     split = json.loads((paths["eval_rollouts"] / "spec.json").read_text())["params"]["split"]
     examples = {ex.id: ex for ex in read_split(paths["prepare_data"], split)}
     records = read_rollouts(paths["eval_rollouts"] / ROLLOUTS_FILE)
