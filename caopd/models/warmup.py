@@ -7,9 +7,9 @@ prompt                   target response                                 ability
 student prompt           correct work + answer, ``Confidence: c`` with   answers in the task
                          ``c`` drawn from ``BASE_CONFIDENCES``,          format; verbal
                          independent of the question (miscalibrated)     confidence is noise
-teacher prompt, demo or  the demonstration's work and answer, then the   uses a demonstration
-solution, SDFT form      ``Confidence: 1.00`` the demo states            shown in its context
-teacher prompt with a    the demonstration's answer, then the note's     follows the note's
+teacher prompt, demo or  correct work + answer (the demonstration       uses a demonstration
+solution, SDFT form      shows the work only), ``Confidence: 1.00``      shown in its context
+teacher prompt with a    correct work + answer, then the note's          follows the note's
 P_acc and the note       value ``Confidence: {p:.2f}``                   stated confidence
 =======================  ==============================================  ======================
 
@@ -74,6 +74,8 @@ def warmup_mixture(n: int, *, seed: int, levels: Sequence[int]) -> list[WarmupEx
             out.append(WarmupExample(ex.messages, arith.response(ex, answer_letter=truth, confidence=conf), kind))
             continue
         mode = rng.choice(["demo", "correct_solution"])
+        # the solution shown is the demonstration's work line: a letter in the teacher's context
+        # would be copied after a student's wrong value (caopd.tasks.arith, "Demonstration")
         solution = ex.demonstration if mode == "correct_solution" else None
         p_acc = None if kind == "teacher_sdft" else rng.randint(0, 100) / 100
         messages = teacher_messages(ex, mode=mode, p_acc=p_acc, solution=solution)

@@ -53,7 +53,11 @@ Question (the single user turn; the tiny model has no system message)::
 
     Confidence: your confidence level (0.0-1.0) ...
 
-Demonstration: ``{a} {op} {b} = {result}({letter})\\n<answer>{letter}</answer>``.
+Demonstration: the worked computation ``{a} {op} {b} = {result}``, without the letter or the
+``<answer>`` line. The teacher (which sees it) finds the letter as the student does, by looking up
+the value it has just written. With the letter in the demonstration the teacher named the right
+letter after a student's wrong value, glued to that value and in ``<answer>``, and the distilled
+students learned letters that contradict their own work (``docs/tiny_model.md`` §5).
 
 Determinism: every draw comes from one ``random.Random(seed)`` per call of :func:`generate`.
 Uniqueness: two examples are the same question when their question texts are equal, i.e. the
@@ -139,7 +143,7 @@ def _draw(level: int, rng: random.Random, example_id: str) -> Example:
         id=example_id,
         messages=[{"role": "user", "content": question}],
         question=question,
-        demonstration=f"{a} {op} {b} = {result}({letter})\n<answer>{letter}</answer>",
+        demonstration=f"{a} {op} {b} = {result}",
         ground_truth=letter,
         level=level,
         meta={"a": a, "b": b, "op": op, "result": result, "options": options},
@@ -254,7 +258,7 @@ class ArithTask:
     """The ``arith`` task: generated splits and the shared multiple-choice verifier."""
 
     name: ClassVar[str] = "arith"
-    version: ClassVar[str] = "2"
+    version: ClassVar[str] = "3"
 
     def verify(self, completion: str, ground_truth: str) -> bool:
         """True when the last ``<answer>`` letter of ``completion`` is ``ground_truth``."""
