@@ -63,7 +63,7 @@ def test_accuracy_vs_confidence():
     assert containers[0].has_xerr and containers[0].has_yerr
     assert not containers[1].has_xerr and not containers[1].has_yerr
     assert _legend_labels(ax) == ["perfect calibration", "base", "caopd"]
-    assert sorted(t.get_text() for t in ax.texts) == ["base", "caopd"]
+    assert len(ax.texts) == 0  # the legend names the points: labels beside them would overlap
     assert ax.get_xlabel() == "mean confidence" and ax.get_ylabel() == "accuracy"
 
 
