@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from caopd.config import deep_merge, resolve
-from caopd.plan import STAGE_CODE, build_plan, canonical_json, code_fingerprint
+from caopd.plan import COMPARE_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +117,14 @@ def test_every_stage_code_entry_exists():
         for entry in entries:
             assert (ROOT / entry).exists(), f"{stage}: {entry} does not exist"
         assert code_fingerprint(entries, ROOT) != code_fingerprint(entries, ROOT / "nowhere")
+
+
+def test_compare_code_exists_and_reaches_the_rule():
+    """``compare`` writes to fixed paths; its code fingerprint is a param, so an edit reruns it."""
+    for entry in COMPARE_CODE:
+        assert (ROOT / entry).is_file(), f"compare: {entry} does not exist"
+    rule = (ROOT / "workflow" / "rules" / "plots.smk").read_text()
+    assert "code=COMPARE_FINGERPRINT" in rule.split("rule compare:")[1]
 
 
 def test_raw_data_files_enter_the_data_key(tmp_path):

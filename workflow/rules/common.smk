@@ -6,7 +6,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from caopd.config import resolve
-from caopd.plan import build_plan
+from caopd.plan import COMPARE_CODE, build_plan, code_fingerprint
 from caopd.tracking import tracking_uri
 
 RESOLVED = resolve(config)
@@ -17,6 +17,7 @@ TRACKING = {
     "experiment": RESOLVED["base"]["tracking"]["experiment"],
 }
 TRACKING_READY = "results/tracking.json"
+COMPARE_FINGERPRINT = code_fingerprint(COMPARE_CODE, workflow.basedir)
 
 
 wildcard_constraints:

@@ -61,6 +61,7 @@ rule compare:
         ),
     params:
         root=workflow.basedir,
+        code=COMPARE_FINGERPRINT,  # fixed output paths: an edit of its code reruns it via params
     log:
         "logs/compare.log",
     conda:
