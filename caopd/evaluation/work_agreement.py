@@ -4,9 +4,10 @@ An ``arith`` response states its work first, ``47 + 85 = 132(B)``, the letter gl
 it computed, then ``<answer>B</answer>``. An answer is right when three things hold: the value
 is the result, the letter glued to it is that option's letter (an in-context lookup), and the
 answer letter is the glued one. On-policy distillation trains the
-second against a teacher that has seen the demonstration: after a wrong value it names the right
-letter, which the student cannot know, so the student learns an answer letter that need not
-follow its own work. This module separates the two (docs/tiny_model.md §5):
+letters against the teacher's: with the letter in the demonstration (arith v2) the teacher named
+the right letter after a student's wrong value, which the student cannot know, and the student
+learned answer letters that need not follow its own work; since v3 the demonstration shows the
+work line only. This module separates the steps (docs/tiny_model.md §5):
 
 ==================  ====================================================================
 value_right         the work line's value is the result
