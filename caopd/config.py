@@ -138,6 +138,20 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             "rollout would lose the appended 'Confidence: x' target to truncation"
         )
     distill = cfg.get("distill", {})
+    if distill and rollouts and distill["schedule"] == "online":
+        per_step = distill["batch_size"] * distill["grad_accum"]
+        if per_step % rollouts["k"]:
+            raise ConfigError(
+                f"{where}: key 'distill.batch_size' × 'distill.grad_accum' ({per_step} examples per "
+                f"optimizer step) must be a multiple of 'rollouts.k' ({rollouts['k']}) when "
+                "'distill.schedule' is 'online': an online step trains whole prompt groups"
+            )
+        if rollouts["engine"] != "hf":
+            raise ConfigError(
+                f"{where}: key 'rollouts.engine' is {rollouts['engine']!r} but 'distill.schedule' "
+                "'online' samples from the student in training with the hf engine; use "
+                "engine: hf, or schedule: rounds for vLLM rollouts"
+            )
     if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is not None:
         if task["sizes"]["train"] < distill["rounds"]:
             raise ConfigError(

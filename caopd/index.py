@@ -54,3 +54,25 @@ def write_index(variant: str, stages: Sequence[Mapping[str, Any]], out: str | Pa
         )
         write_json(out, index)
     return index
+
+
+def training_targets(artifact: str | Path):
+    """The per-prompt training targets (``targets.parquet`` rows) an artifact holds, or None.
+
+    A ``targets`` artifact holds one round's; an online ``distill`` artifact holds every refresh
+    window's (``online/refresh-*/targets.parquet``, concatenated in window order, with a
+    ``window`` column); any other artifact holds none.
+    """
+    import pandas as pd
+
+    from caopd.targets import TARGETS_FILE, read_frame
+
+    artifact = Path(artifact)
+    if (artifact / TARGETS_FILE).is_file():
+        return read_frame(artifact / TARGETS_FILE)
+    windows = sorted((artifact / "online").glob("refresh-*/" + TARGETS_FILE))
+    if not windows:
+        return None
+    frames = [read_frame(path).assign(window=int(path.parent.name.split("-")[-1])) for path in windows]
+    return pd.concat(frames, ignore_index=True)
+

@@ -50,7 +50,17 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/tasks",
         "workflow/scripts/rewrite.py",
     ),
-    "distill": ("caopd/training", "workflow/scripts/distill.py"),
+    # online rounds sample, verify and rewrite inside the job (caopd.training.online)
+    "distill": (
+        "caopd/training",
+        "caopd/rollouts",
+        "caopd/targets.py",
+        "caopd/rewrite.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "caopd/data.py",
+        "workflow/scripts/distill.py",
+    ),
     "eval_rollouts": (
         "caopd/rollouts",
         "caopd/evaluation/expected_confidence.py",
@@ -66,7 +76,13 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/tasks",
         "workflow/scripts/evaluate.py",
     ),
-    "plots": ("caopd/evaluation/plots.py", "caopd/reporting.py", "workflow/scripts/plots.py"),
+    "plots": (
+        "caopd/evaluation/plots.py",
+        "caopd/reporting.py",
+        "caopd/index.py",
+        "caopd/targets.py",
+        "workflow/scripts/plots.py",
+    ),
 }
 
 STAGES: tuple[str, ...] = tuple(STAGE_CODE)
@@ -238,11 +254,30 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
     if rounds and n_train is None:
         raise ValueError("task.sizes.train must be set when distill.rounds > 0")
     slices = round_slices(n_train, rounds) if rounds else []
-    schedule = {
-        "examples_per_round": [(stop - start) * k for start, stop in slices],
-        "rounds": rounds,
-    }
+    online = cfg["distill"]["schedule"] == "online"
+    if online:
+        schedule = {"prompts_per_round": [stop - start for start, stop in slices], "rounds": rounds}
+    else:
+        schedule = {
+            "examples_per_round": [(stop - start) * k for start, stop in slices],
+            "rounds": rounds,
+        }
     for r, (start, stop) in enumerate(slices, start=1):
+        if online:  # rollouts, targets and examples are made inside the job, step by step
+            distill = _spec(
+                "distill",
+                r,
+                {
+                    "distill": cfg["distill"], "round": r, "schedule": schedule, "slice": [start, stop],
+                    "rollouts": cfg["rollouts"], "rewrite": cfg["rewrite"], "task": cfg["task"]["name"],
+                },
+                root,
+                data=data,
+                student=student,
+            )
+            stages.append(distill)
+            student = distill
+            continue
         roll = _spec(
             "rollouts",
             r,

@@ -52,11 +52,14 @@ def variant_figures(inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     confidence_histogram(ax, scored["correct"].to_numpy(), scored["confidence"].to_numpy())
     written.append(save_figure(fig, out / "confidence_histogram.png"))
 
+    from caopd.index import training_targets
+
     p_acc = {}
     for role, path in sorted(inputs.items()):
-        if role.startswith("targets_"):
-            frame = pd.read_parquet(Path(path) / "targets.parquet")
-            p_acc[int(role.removeprefix("targets_"))] = frame["p_acc"].tolist()
+        if role.startswith(("targets_", "distill_")):
+            frame = training_targets(Path(path))
+            if frame is not None:
+                p_acc[int(role.split("_")[-1])] = frame["p_acc"].tolist()
     if p_acc:
         fig, ax = new_figure()
         pacc_histogram(ax, p_acc)

@@ -348,8 +348,14 @@ def run_targets(
     if not rollouts:
         raise ValueError(f"{rollouts_path}: no rollouts to score")
     per_rollout, per_prompt = compute_targets(examples, rollouts, task_name)
+    write_targets(per_rollout, per_prompt, out_dir)
+    return targets_summary(per_rollout, per_prompt)
+
+
+def write_targets(per_rollout: pd.DataFrame, per_prompt: pd.DataFrame, out_dir: str | Path) -> None:
+    """Write the two frames of :func:`compute_targets` as ``rollouts_scored.parquet`` and
+    ``targets.parquet`` in ``out_dir`` (created if absent); :func:`read_targets` reads them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_FILE)
     write_frame(per_prompt, _prompt_schema(), out_dir / TARGETS_FILE)
-    return targets_summary(per_rollout, per_prompt)

@@ -22,13 +22,8 @@ from caopd.training.data import (
     steps_in_round,
     total_optimizer_steps,
 )
-from caopd.training.distill import (
-    StudentObjective,
-    lr_factor,
-    run_distill,
-    teacher_hidden_states,
-    warmup_steps,
-)
+from caopd.training.distill import StudentObjective, run_distill, teacher_hidden_states
+from caopd.training.schedule import lr_factor, warmup_steps
 from caopd.training.divergence import token_divergence
 from caopd.training.state import TRAINER_STATE, load_causal_lm
 
@@ -91,6 +86,8 @@ def make_examples(model_dir: Path, path: Path, n: int, seed: int = 0) -> Path:
 
 BASE_DISTILL = {
     "rounds": 1,
+    "schedule": "rounds",
+    "refresh_every": 1,
     "divergence": "forward_kl",
     "jsd_beta": 0.5,
     "teacher": "ema",

@@ -133,21 +133,22 @@ def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_
 def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     """The level-conditional greedy reading for ``variant`` beside its decoded metrics and the
     thresholds that use ``sdft``."""
-    from caopd.index import read_index, stage_dirs
+    from caopd.index import read_index, stage_dirs, training_targets
 
     root = index_dir.parent.parent
     index = read_index(index_dir, variant)
-    target_dirs = stage_dirs(index, "targets", root)
+    # the targets stages of a rounds run, or the online windows kept in its distill artifacts
+    target_dirs = stage_dirs(index, "targets", root) or stage_dirs(index, "distill", root)
     evaluate_dirs = stage_dirs(index, "evaluate", root)
-    if not target_dirs or not evaluate_dirs:
-        raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no targets or "
-                                "no evaluation yet")
     tables = []
     for d in target_dirs:
-        path = d / "targets.parquet"
-        table = pd.read_parquet(path)
-        greedy_by_level(table, source=str(path))  # checks the file, naming it
-        tables.append(table)
+        table = training_targets(d)
+        if table is not None:
+            greedy_by_level(table, source=str(d))  # checks the targets, naming the artifact
+            tables.append(table)
+    if not tables or not evaluate_dirs:
+        raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no targets or "
+                                "no evaluation yet")
     targets = pd.concat(tables, ignore_index=True)
     scored = pd.read_parquet(evaluate_dirs[0] / "scored.parquet")
     metrics = json.loads((root / index["metrics"]).read_text())

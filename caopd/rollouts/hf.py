@@ -24,8 +24,9 @@ Precision: ``dtype="auto"`` loads bfloat16 weights on CUDA and float32 on CPU; n
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from caopd.rollouts.engine import (
@@ -137,26 +138,58 @@ class HFEngine:
         chat_template_kwargs: dict[str, Any] | None = None,
         progress: bool = True,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.model_path = model_path
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.progress = progress
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
-        self.model = model.to(self.device).eval()
+        self._bind(model.to(self.device).eval(), tokenizer)
 
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        progress: bool = False,
+    ) -> HFEngine:
+        """An engine over a model already in memory, on its own device and dtype.
+
+        Online distillation samples from the student it is training
+        (:mod:`caopd.training.online`): ``generate`` puts the model in eval mode for the call
+        and restores its training flag and its ``generation_config`` afterwards, so nothing of
+        the engine is left on the model that is saved later.
+        """
+        engine = cls.__new__(cls)
+        engine.model_path = getattr(model, "name_or_path", "<in memory>")
+        engine.device = next(model.parameters()).device
+        engine.dtype = next(model.parameters()).dtype
+        engine.chat_template_kwargs = dict(chat_template_kwargs or {})
+        engine.progress = progress
+        engine._bind(model, tokenizer)
+        return engine
+
+    def _bind(self, model: Any, tokenizer: Any) -> None:
+        """Stop ids, pad id and the explicit generation defaults of ``model`` (module docstring)."""
+        from transformers import GenerationConfig
+
+        self.tokenizer = tokenizer
+        self.model = model
         self.stop_token_ids: list[int] = resolve_stop_ids(
             self.tokenizer.eos_token_id, self.model.generation_config.eos_token_id
         )
         pad = self.tokenizer.pad_token_id
         self.pad_token_id: int = int(pad) if pad is not None else self.stop_token_ids[0]
-        # Keep only token ids from the checkpoint's generation config, so that none of its sampling
-        # defaults (top_k, temperature, repetition_penalty...) leak into generate().
+        # Only token ids from the checkpoint's generation config are used, so that none of its
+        # sampling defaults (top_k, temperature, repetition_penalty...) leak into generate():
+        # generate() puts these defaults on the model for the duration of the call.
         self.checkpoint_generation_config = self.model.generation_config
-        self.model.generation_config = GenerationConfig(
+        self._generation_defaults = GenerationConfig(
             eos_token_id=self.stop_token_ids,
             pad_token_id=self.pad_token_id,
             bos_token_id=self.checkpoint_generation_config.bos_token_id,
@@ -183,6 +216,19 @@ class HFEngine:
             **sampling,
         )
 
+    @contextlib.contextmanager
+    def _generating(self) -> Iterator[None]:
+        """Eval mode and the explicit generation defaults for one ``generate`` call; the
+        model's training flag and its own ``generation_config`` are restored afterwards."""
+        saved_config, was_training = self.model.generation_config, self.model.training
+        self.model.generation_config = self._generation_defaults
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.generation_config = saved_config
+            self.model.train(was_training)
+
     def encode_prompts(self, prompts: Sequence[Prompt], max_new_tokens: int = 0) -> list[list[int]]:
         """Chat-templated token ids of each prompt, generation prompt added, checked to fit."""
         return encode_checked(self.tokenizer, prompts, max_new_tokens, self.max_positions, **self.chat_template_kwargs)
@@ -203,7 +249,7 @@ class HFEngine:
             file=sys.stderr,
             disable=not self.progress,
         )
-        with torch.inference_mode(), bar:
+        with torch.inference_mode(), bar, self._generating():
             for batch_index, rows in enumerate(batches):
                 torch.manual_seed(seed + batch_index)
                 input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in rows], self.pad_token_id)

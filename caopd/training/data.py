@@ -69,7 +69,7 @@ class Example:
     has_confidence: bool
 
 
-def _example_from_row(row: Mapping) -> Example:
+def example_from_row(row: Mapping) -> Example:
     name = f"example (prompt_id={row['prompt_id']!r}, sample_index={row['sample_index']})"
     student = np.asarray(row["student_input_ids"], dtype=np.int64)
     teacher = np.asarray(row["teacher_input_ids"], dtype=np.int64)
@@ -111,7 +111,7 @@ def load_examples(path: str | Path) -> list[Example]:
     missing = [c for c in EXAMPLE_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: examples table lacks columns {missing}")
-    return [_example_from_row(row) for row in table.select(list(EXAMPLE_COLUMNS)).to_pylist()]
+    return [example_from_row(row) for row in table.select(list(EXAMPLE_COLUMNS)).to_pylist()]
 
 
 def micro_batches_per_epoch(n_examples: int, batch_size: int) -> int:

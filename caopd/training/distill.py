@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -53,18 +52,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from caopd.training.curves import CURVES_FILE, write_curves
 from caopd.training.data import (
     Batch,
-    Example,
-    collate,
     load_examples,
     round_step_plan,
-    shard,
-    steps_in_round,
     total_optimizer_steps,
 )
 from caopd.training.ema import EmaTeacher
 from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
+from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
     STATE,
     STUDENT,
@@ -80,13 +77,12 @@ from caopd.training.state import (
     write_checkpoint,
     write_curves_json,
 )
+from caopd.training.steps import FixedExamples, StepSource, local_batches
 
 log = logging.getLogger(__name__)
 
-CURVES_FILE = "curves.parquet"
-#: AdamW moments as in the reference trainer (TRL / HF ``adamw_torch`` defaults).
-ADAM_BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-8
+#: ``distill.schedule`` values: examples built by the round stages, or sampled inside the job.
+SCHEDULES = ("rounds", "online")
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,8 @@ class DistillConfig:
     """The ``distill`` config subtree (defaults live in the workflow's config schema)."""
 
     rounds: int
+    schedule: str
+    refresh_every: int
     divergence: str
     jsd_beta: float
     teacher: str
@@ -113,6 +111,8 @@ class DistillConfig:
         from caopd.training.divergence import get_divergence
 
         get_divergence(self.divergence, self.jsd_beta)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.teacher not in ("ema", "frozen"):
             raise ValueError(f"distill.teacher={self.teacher!r} must be 'ema' or 'frozen'")
         if not 0.0 < self.ema_weight <= 1.0:
@@ -123,7 +123,8 @@ class DistillConfig:
             raise ValueError(f"distill.warmup_ratio={self.warmup_ratio} must lie in [0, 1]")
         if self.weight_decay < 0 or not self.max_grad_norm > 0:
             raise ValueError("distill.weight_decay must be >= 0 and distill.max_grad_norm > 0")
-        for name in ("epochs", "batch_size", "grad_accum", "chunk_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "grad_accum", "chunk_size", "checkpoint_every",
+                     "refresh_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")
         if self.skip_first_tokens < 0:
@@ -154,46 +155,6 @@ def check_round(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
             f"{schedule['rounds']} rounds"
         )
     return r, dict(schedule)
-
-
-def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
-    """``ceil(warmup_ratio * total_steps)`` linear-warmup steps."""
-    return math.ceil(warmup_ratio * total_steps)
-
-
-def lr_factor(step: int, total_steps: int, n_warmup: int) -> float:
-    """LR multiplier of the optimizer step with 0-based global index ``step``.
-
-    Linear warmup ``(step + 1) / n_warmup`` (the first step already trains), then cosine decay
-    ``0.5 · (1 + cos(π · progress))`` with ``progress = (step − n_warmup) / (total − n_warmup)``
-    clamped to [0, 1] (a round with more examples than planned stays at the end of the curve).
-    """
-    if step < n_warmup:
-        return (step + 1) / n_warmup
-    progress = min(1.0, (step - n_warmup) / max(1, total_steps - n_warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class WarmupCosine:
-    """:func:`lr_factor` as a ``LambdaLR`` lambda (an object, so its state is saved)."""
-
-    def __init__(self, total_steps: int, n_warmup: int) -> None:
-        self.total_steps = total_steps
-        self.n_warmup = n_warmup
-
-    def __call__(self, step: int) -> float:
-        return lr_factor(step, self.total_steps, self.n_warmup)
-
-
-def build_optimizer(model: nn.Module, cfg: DistillConfig) -> torch.optim.AdamW:
-    """AdamW on the fp32 parameters; weight decay on matrices only (not norms or biases)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
 
 def gather_positions(hidden: Tensor, positions: Tensor) -> Tensor:
@@ -254,38 +215,13 @@ def teacher_hidden_states(teacher: nn.Module, batch: Batch) -> Tensor:
     return gather_positions(out.last_hidden_state, batch.teacher_positions)
 
 
-def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The curve rows as parquet (fixed column order and types)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [("step", pa.int64()), ("round", pa.int64())]
-        + [(name, pa.float64()) for name in CURVE_FLOATS]
-    )
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, path)
-
-
-CURVE_FLOATS = (
-    "lr",
-    "loss",
-    "divergence",
-    "entropy",
-    "mean_p_acc",
-    "format_adherence",
-    "grad_norm",
-)
-
-
 @dataclass
 class _Run:
-    """The live objects of one distill run (built by :func:`_setup`)."""
+    """The live objects of one distill round (built by :func:`_setup`)."""
 
     accelerator: Any
     cfg: DistillConfig
-    examples: list[Example]
-    plan: list
+    source: StepSource
     objective: nn.Module
     teacher: nn.Module
     ema: EmaTeacher | None
@@ -297,14 +233,21 @@ class _Run:
     rows: list[dict[str, Any]]
     resumed_from: int | None
 
+    @property
+    def student(self) -> nn.Module:
+        """The student model itself (unwrapped from DDP and the objective)."""
+        return self.accelerator.unwrap_model(self.objective).model
 
-def _run_identity(params: Mapping[str, Any], seed: int, examples_path: Path) -> dict[str, Any]:
+
+def run_identity(params: Mapping[str, Any], seed: int, inputs: Mapping[str, Path]) -> dict[str, Any]:
+    """What a resume checkpoint must belong to: the params, the seed and the sha256 of the
+    files the round trains from (``inputs``: name -> file)."""
     from caopd.plan import sha256_file
 
     return {
         "params": json.loads(json.dumps(params, sort_keys=True)),
         "seed": seed,
-        "examples_sha256": sha256_file(examples_path),
+        **{f"{name}_sha256": sha256_file(path) for name, path in sorted(inputs.items())},
     }
 
 
@@ -338,7 +281,7 @@ def _checkpoint_to_resume(work_dir: Path | None, identity: Mapping[str, Any]) ->
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None and read_trainer_state(checkpoint / STATE).run != identity:
         raise ValueError(
-            f"{checkpoint} is a checkpoint of another run (params, seed or examples differ); "
+            f"{checkpoint} is a checkpoint of another run (params, seed or inputs differ); "
             f"delete {work_dir} to start afresh"
         )
     return checkpoint
@@ -365,37 +308,34 @@ def _restore_state(
     return progress, []
 
 
+#: Builds a round's step source once the accelerator and the (unwrapped) student exist.
+SourceFactory = Callable[[Any, nn.Module], StepSource]
+
+
 def _setup(
     params: Mapping[str, Any],
     *,
-    examples_path: Path,
+    make_source: SourceFactory,
+    total_steps: int,
+    identity: Mapping[str, Any],
     student_dir: Path,
     teacher_dir: Path | None,
     state_dir: Path | None,
     work_dir: Path | None,
     seed: int,
 ) -> _Run:
+    """Load student, teacher, optimizer and schedule (from a checkpoint in ``work_dir`` when one
+    of this run exists), build the step source and place it at the step to run next."""
     from accelerate.utils import set_seed
 
     cfg = DistillConfig.from_params(params["distill"])
-    r, schedule = check_round(params)
+    r = params["round"]
     if (r == 1) != (teacher_dir is None and state_dir is None):
         raise ValueError(
             f"round {r}: teacher_dir and state_dir must be None in round 1 and both given after"
         )
     accelerator = make_accelerator()
     set_seed(seed)
-
-    examples = load_examples(examples_path)
-    if not examples:
-        raise ValueError(f"{examples_path}: no training examples")
-    if schedule["examples_per_round"][r - 1] != len(examples):
-        log.warning(
-            "round %d: %d examples, the schedule planned %d (the LR schedule keeps the plan)",
-            r, len(examples), schedule["examples_per_round"][r - 1],
-        )
-    total = total_optimizer_steps(schedule, cfg.batch_size, cfg.grad_accum, cfg.epochs)
-    identity = _run_identity(params, seed, examples_path)
     checkpoint = _checkpoint_to_resume(work_dir, identity)
     if checkpoint is not None:
         student_dir, teacher_dir = checkpoint / STUDENT, checkpoint / TEACHER
@@ -404,29 +344,27 @@ def _setup(
     teacher = load_causal_lm(teacher_dir if teacher_dir is not None else student_dir)
     teacher.eval().requires_grad_(False)
     optimizer = build_optimizer(student, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupCosine(total, warmup_steps(total, cfg.warmup_ratio))
-    )
+    scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio)
+    teacher.to(accelerator.device)
+    objective = StudentObjective(student, cfg.divergence, cfg.jsd_beta, cfg.chunk_size)
+    prepared = accelerator.prepare(objective, optimizer, scheduler)
+    source = make_source(accelerator, accelerator.unwrap_model(prepared[0]).model)
     start = TrainerState(
         global_step=0,
         rounds_done=r - 1,
         round=r,
         step_in_round=0,
-        steps_in_round=steps_in_round(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs),
-        total_steps=total,
+        steps_in_round=source.n_steps,
+        total_steps=total_steps,
         world_size=accelerator.num_processes,
-        run=identity,
+        run=dict(identity),
     )
     progress, rows = _restore_state(start, checkpoint, state_dir, optimizer, scheduler)
-
-    teacher.to(accelerator.device)
-    objective = StudentObjective(student, cfg.divergence, cfg.jsd_beta, cfg.chunk_size)
-    prepared = accelerator.prepare(objective, optimizer, scheduler)
+    source.restore(checkpoint, progress.step_in_round)
     return _Run(
         accelerator=accelerator,
         cfg=cfg,
-        examples=examples,
-        plan=round_step_plan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, seed),
+        source=source,
         objective=prepared[0],
         teacher=teacher,
         ema=EmaTeacher(teacher) if cfg.teacher == "ema" else None,
@@ -443,11 +381,10 @@ def _setup(
 def _step_batches(run: _Run, step_in_round: int) -> list[Batch]:
     """This process's micro-batches of optimizer step ``step_in_round``."""
     acc = run.accelerator
-    batches = []
-    for indices in run.plan[step_in_round]:
-        rows, real = shard(indices, acc.process_index, acc.num_processes)
-        batches.append(collate([run.examples[i] for i in rows], run.cfg.skip_first_tokens, real))
-    return batches
+    return local_batches(
+        run.source.micro_batches(step_in_round), acc.process_index, acc.num_processes,
+        run.cfg.skip_first_tokens,
+    )
 
 
 def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
@@ -511,8 +448,7 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
 
 def _write_models(run: _Run, directory: Path) -> None:
     """``student/`` and ``teacher/`` (the teacher module mirrors the fp32 shadow exactly)."""
-    student = run.accelerator.unwrap_model(run.objective).model
-    student.save_pretrained(directory / STUDENT)
+    run.student.save_pretrained(directory / STUDENT)
     run.teacher.save_pretrained(directory / TEACHER)
 
 
@@ -520,63 +456,29 @@ def _write_checkpoint(run: _Run, directory: Path) -> None:
     _write_models(run, directory)
     save_training_state(directory / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
     write_curves_json(directory / STATE, run.rows)
+    run.source.save(directory)
 
 
-def run_distill(
-    params: Mapping[str, Any],
+def train_round(
+    run: _Run,
     *,
-    examples_path: Path,
-    student_dir: Path,
-    teacher_dir: Path | None,
-    state_dir: Path | None,
     out: Path,
+    student_dir: Path,
     work_dir: Path | None,
-    seed: int,
-    threads: int = 1,
     tracker: Any = None,
     on_step: Callable[[dict[str, Any]], None] | None = None,
+    started: float,
 ) -> dict[str, Any]:
-    """Train one round; write ``student/``, ``teacher/``, ``state/`` and ``curves.parquet``.
-
-    Args:
-        params: ``{"distill": {...}, "round": r, "schedule": {"rounds", "examples_per_round"}}``.
-        examples_path: the rewrite stage's ``examples.parquet`` for this round.
-        student_dir: round 1: the base model; later: the previous distill artifact's ``student/``.
-        teacher_dir, state_dir: None in round 1 (the teacher starts as a copy of the student);
-            later the previous artifact's ``teacher/`` and ``state/``.
-        out: output directory (written by the main process only).
-        work_dir: resume checkpoints, every ``checkpoint_every`` steps; a checkpoint found there
-            is resumed; removed on success. None: no checkpoints.
-        seed: shuffling seed (the data order depends on it and the epoch only).
-        threads: torch CPU threads per process.
-        tracker: anything with ``log_curves(rows)``; called once with all the round's rows.
-        on_step: called on every process after each optimizer step (and its checkpoint) with
-            the step's curve row; a test hook (raise in it to simulate a killed job).
-
-    Returns:
-        Summary: round, steps, global_step, total_steps, final_loss, mean_divergence,
-        n_examples, world_size, resumed_from (global step or None), seconds.
-    """
-    started = time.perf_counter()
-    torch.set_num_threads(max(1, threads))
-    out, examples_path = Path(out), Path(examples_path)
-    run = _setup(
-        params,
-        examples_path=examples_path,
-        student_dir=Path(student_dir),
-        teacher_dir=None if teacher_dir is None else Path(teacher_dir),
-        state_dir=None if state_dir is None else Path(state_dir),
-        work_dir=None if work_dir is None else Path(work_dir),
-        seed=seed,
-    )
+    """The optimizer steps of a set-up round, its checkpoints and its outputs (:func:`run_distill`)."""
     acc, cfg = run.accelerator, run.cfg
     n_steps = run.progress.steps_in_round
     if acc.is_main_process:
         log.info(
-            "distill round %d: %d examples, %d steps (global %d..%d of %d), %d process(es), %s",
-            run.progress.round, len(run.examples), n_steps, run.progress.global_step,
+            "distill round %d (%s): %d examples, %d steps (global %d..%d of %d), %d process(es), %s",
+            run.progress.round, cfg.schedule, run.source.n_examples, n_steps,
+            run.progress.global_step,
             run.progress.global_step + n_steps - run.progress.step_in_round,
-            run.progress.total_steps, acc.num_processes, json.dumps(params["distill"]),
+            run.progress.total_steps, acc.num_processes, json.dumps(cfg.__dict__, sort_keys=True),
         )
     for step_in_round in range(run.progress.step_in_round, n_steps):
         row = train_step(run, step_in_round)
@@ -595,6 +497,7 @@ def run_distill(
             on_step(row)
 
     run.progress = replace(run.progress, rounds_done=run.progress.round)
+    extra: dict[str, Any] = {}
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         _write_models(run, out)
@@ -602,6 +505,7 @@ def run_distill(
             copy_tokenizer(student_dir, out / sub)
         save_training_state(out / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
         write_curves(out / CURVES_FILE, run.rows)
+        extra = run.source.publish(out)
         if tracker is not None:
             tracker.log_curves(run.rows)
     acc.wait_for_everyone()
@@ -610,13 +514,94 @@ def run_distill(
     losses = [row["divergence"] for row in run.rows]
     return {
         "round": run.progress.round,
+        "schedule": cfg.schedule,
         "steps": n_steps,
         "global_step": run.progress.global_step,
         "total_steps": run.progress.total_steps,
         "final_loss": run.rows[-1]["loss"] if run.rows else None,
         "mean_divergence": sum(losses) / len(losses) if losses else None,
-        "n_examples": len(run.examples),
+        "n_examples": run.source.n_examples,
         "world_size": acc.num_processes,
         "resumed_from": run.resumed_from,
         "seconds": time.perf_counter() - started,
+        **extra,
     }
+
+
+def run_distill(
+    params: Mapping[str, Any],
+    *,
+    examples_path: Path,
+    student_dir: Path,
+    teacher_dir: Path | None,
+    state_dir: Path | None,
+    out: Path,
+    work_dir: Path | None,
+    seed: int,
+    threads: int = 1,
+    tracker: Any = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train one round of ``distill.schedule: rounds``; write ``student/``, ``teacher/``,
+    ``state/`` and ``curves.parquet``.
+
+    Args:
+        params: ``{"distill": {...}, "round": r, "schedule": {"rounds", "examples_per_round"}}``.
+        examples_path: the rewrite stage's ``examples.parquet`` for this round.
+        student_dir: round 1: the base model; later: the previous distill artifact's ``student/``.
+        teacher_dir, state_dir: None in round 1 (the teacher starts as a copy of the student);
+            later the previous artifact's ``teacher/`` and ``state/``.
+        out: output directory (written by the main process only).
+        work_dir: resume checkpoints, every ``checkpoint_every`` steps; a checkpoint found there
+            is resumed; removed on success. None: no checkpoints.
+        seed: shuffling seed (the data order depends on it and the epoch only).
+        threads: torch CPU threads per process.
+        tracker: anything with ``log_curves(rows)``; called once with all the round's rows.
+        on_step: called on every process after each optimizer step (and its checkpoint) with
+            the step's curve row; a test hook (raise in it to simulate a killed job).
+
+    Returns:
+        Summary: round, schedule, steps, global_step, total_steps, final_loss,
+        mean_divergence, n_examples, world_size, resumed_from (global step or None), seconds.
+
+    Raises:
+        ValueError: a bad config, round or schedule, no examples, or a checkpoint in
+            ``work_dir`` of another run.
+    """
+    started = time.perf_counter()
+    torch.set_num_threads(max(1, threads))
+    out, examples_path = Path(out), Path(examples_path)
+    cfg = DistillConfig.from_params(params["distill"])
+    if cfg.schedule != "rounds":
+        raise ValueError(
+            f"distill.schedule is {cfg.schedule!r}: run_distill trains on a rewrite stage's "
+            "examples (schedule 'rounds'); online rounds run caopd.training.online.run_online_distill"
+        )
+    r, schedule = check_round(params)
+    examples = load_examples(examples_path)
+    if not examples:
+        raise ValueError(f"{examples_path}: no training examples")
+    if schedule["examples_per_round"][r - 1] != len(examples):
+        log.warning(
+            "round %d: %d examples, the schedule planned %d (the LR schedule keeps the plan)",
+            r, len(examples), schedule["examples_per_round"][r - 1],
+        )
+    source = FixedExamples(
+        examples, round_step_plan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
+    )
+    run = _setup(
+        params,
+        make_source=lambda accelerator, student: source,
+        total_steps=total_optimizer_steps(schedule, cfg.batch_size, cfg.grad_accum, cfg.epochs),
+        identity=run_identity(params, seed, {"examples": examples_path}),
+        student_dir=Path(student_dir),
+        teacher_dir=None if teacher_dir is None else Path(teacher_dir),
+        state_dir=None if state_dir is None else Path(state_dir),
+        work_dir=None if work_dir is None else Path(work_dir),
+        seed=seed,
+    )
+    return train_round(
+        run, out=out, student_dir=Path(student_dir),
+        work_dir=None if work_dir is None else Path(work_dir), tracker=tracker, on_step=on_step,
+        started=started,
+    )

@@ -1,0 +1,32 @@
+"""Training curves of the distill stage: one row per optimizer step, ``curves.parquet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CURVES_FILE = "curves.parquet"
+
+#: Float columns of a curve row, after ``step`` and ``round`` (int64).
+CURVE_FLOATS = (
+    "lr",
+    "loss",
+    "divergence",
+    "entropy",
+    "mean_p_acc",
+    "format_adherence",
+    "grad_norm",
+)
+
+
+def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The curve rows as parquet (fixed column order and types)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [("step", pa.int64()), ("round", pa.int64())]
+        + [(name, pa.float64()) for name in CURVE_FLOATS]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    pq.write_table(table, path)
