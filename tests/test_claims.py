@@ -1,12 +1,21 @@
-"""The five paper checks on hand-built metrics: each threshold on both sides of its boundary."""
+"""The five paper checks on hand-built metrics: each threshold on both sides of its boundary;
+the paired accuracy difference on hand-built answers."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from caopd.evaluation.claims import main, metrics_from_index, paper_checks
+from caopd.evaluation.claims import (
+    THRESHOLDS,
+    main,
+    metrics_from_index,
+    paired_accuracy,
+    paper_checks,
+)
 
 
 def _m(acc, conf, ece, spr, ci_low=None):
@@ -20,8 +29,16 @@ def _passing():
             "caopd": _m(0.60, 0.62, 0.10, 0.40)}
 
 
-def _by_name(metrics):
-    return {c.name: c.passed for c in paper_checks(metrics)}
+def _pair(diff, lo, hi):
+    return {"diff": diff, "lo": lo, "hi": hi}
+
+
+def _paired(sdft_lo=-0.02, base_lo=0.05):
+    return {"sdft": _pair(0.0, sdft_lo, 0.02), "base": _pair(0.10, base_lo, 0.15)}
+
+
+def _by_name(metrics, paired=None):
+    return {c.name: c.passed for c in paper_checks(metrics, paired or _paired())}
 
 
 def test_all_pass_on_a_run_that_shows_the_effect():
@@ -37,8 +54,6 @@ def test_all_pass_on_a_run_that_shows_the_effect():
         ("caopd", _m(0.60, 0.54, 0.10, 0.40), "caopd_calibrated"),           # gap -0.06
         ("caopd", _m(0.60, 0.62, 0.20, 0.40), "ece_halved"),                 # 0.20 > 0.39 / 2
         ("caopd", _m(0.60, 0.62, 0.10, 0.24), "confidence_informative"),     # 0.24 < 0.05 + 0.2
-        ("caopd", _m(0.56, 0.58, 0.10, 0.40), "capability_kept"),            # 0.56 < 0.60 - 0.03
-        ("base", _m(0.61, 0.80, 0.30, 0.00), "capability_kept"),             # base beats caopd
     ],
 )
 def test_each_threshold_fails_on_its_side_only(variant, change, failing):
@@ -49,33 +64,83 @@ def test_each_threshold_fails_on_its_side_only(variant, change, failing):
     assert all(passed for name, passed in result.items() if name != failing)
 
 
+@pytest.mark.parametrize(("paired", "passed"), [
+    (_paired(sdft_lo=-0.031), False),   # caopd may be 0.031 worse than sdft
+    (_paired(base_lo=-0.031), False),   # ... or than the base model
+    (_paired(sdft_lo=-0.029, base_lo=-0.029), True),
+])
+def test_capability_is_paired_non_inferiority(paired, passed):
+    assert THRESHOLDS["accuracy_margin"] == 0.03
+    result = _by_name(_passing(), paired)
+    assert result["capability_kept"] is passed
+    assert all(ok for name, ok in result.items() if name != "capability_kept")
+
+
+def _answers(correct, samples=1):
+    n = len(correct) // samples
+    return pd.DataFrame({"prompt_id": [f"q{i // samples:03d}" for i in range(n * samples)],
+                         "sample_index": [i % samples for i in range(n * samples)],
+                         "correct": np.asarray(correct, dtype=bool)})
+
+
+def test_paired_accuracy_of_identical_answers_is_exactly_zero():
+    a = _answers(np.arange(200) % 3 == 0)
+    assert paired_accuracy(a, a.sample(frac=1.0, random_state=1)) == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+
+
+def test_paired_accuracy_is_the_difference_and_narrower_than_unpaired():
+    # 400 questions; b is right on the first 200, a on the same 200 plus 8 more: diff = 8/400.
+    b = np.arange(400) < 200
+    a = np.arange(400) < 208
+    result = paired_accuracy(_answers(a), _answers(b))
+    assert result["diff"] == pytest.approx(0.02)
+    # the replicates differ only by how many of the 8 discordant questions they draw: never < 0
+    assert 0.0 <= result["lo"] < 0.02 < result["hi"] <= 0.05
+    # an unpaired interval of each accuracy alone is about +-0.05 wide
+    assert result["hi"] - result["lo"] < 0.04
+
+
+def test_paired_accuracy_resamples_whole_questions_and_refuses_other_rows():
+    a = _answers([1, 1, 0, 0] * 50, samples=4)   # 50 questions, 4 samples each
+    b = _answers([1, 0, 0, 0] * 50, samples=4)
+    assert paired_accuracy(a, b)["diff"] == pytest.approx(0.25)
+    assert paired_accuracy(a, b)["lo"] == pytest.approx(0.25)  # every question differs alike
+    with pytest.raises(ValueError, match="same"):
+        paired_accuracy(a, b.iloc[:-1])
+
+
 def test_boundaries_are_inclusive():
     metrics = _passing()
     metrics["sdft"] = _m(0.50, 0.65, 0.30, 0.0)      # gap exactly +0.15
     metrics["caopd"] = _m(0.50, 0.55, 0.15, 0.2)     # |gap| 0.05, ECE half, SPR +0.2, acc = base
     metrics["base"] = _m(0.50, 0.80, 0.30, 0.0)
-    assert all(_by_name(metrics).values())
+    assert all(_by_name(metrics, _paired(sdft_lo=-0.0299, base_lo=-0.0299)).values())
 
 
 def test_missing_variant_is_named():
     metrics = _passing()
     del metrics["caopd"]
     with pytest.raises(KeyError, match="caopd"):
-        paper_checks(metrics)
+        paper_checks(metrics, _paired())
+    with pytest.raises(KeyError, match="base"):
+        paper_checks(_passing(), {"sdft": _pair(0, 0, 0)})
 
 
 def test_reads_a_run_through_its_index(tmp_path, capsys):
     index = tmp_path / "results" / "index"
     index.mkdir(parents=True)
+    answers = {"base": np.arange(300) < 150, "sdft": np.arange(300) < 180, "caopd": np.arange(300) < 180}
     for variant, metrics in _passing().items():
         path = tmp_path / "results" / "evaluate" / variant / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(metrics))
+        _answers(answers[variant]).to_parquet(path.parent / "scored.parquet")
         (index / f"{variant}.json").write_text(json.dumps(
             {"variant": variant, "stages": [], "metrics": f"results/evaluate/{variant}/metrics.json"}))
     assert metrics_from_index(index)["caopd"]["spr"] == 0.40
     assert main([str(index)]) == 0
-    assert capsys.readouterr().out.count("PASS") == 5
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 5 and "caopd - sdft +0.000 [+0.000, +0.000]" in out
     (index / "caopd_b.json").write_text((index / "sdft.json").read_text())  # sdft as "caopd"
     assert main([str(index), "--caopd", "caopd_b"]) == 1
     assert "FAIL  confidence_informative" in capsys.readouterr().out
@@ -89,10 +154,10 @@ def test_expected_confidence_is_reported_but_never_decides():
     metrics["caopd"] = _m(0.60, 0.50, 0.10, 0.40)  # decoded gap -0.10: fails
     metrics["caopd"]["expected_confidence"] = {"n": 500, "overconfidence_gap": 0.01,
                                                "ci95": {"overconfidence_gap": [-0.02, 0.04]}}
-    check = {c.name: c for c in paper_checks(metrics)}["caopd_calibrated"]
+    check = {c.name: c for c in paper_checks(metrics, _paired())}["caopd_calibrated"]
     assert not check.passed
     assert "expected stated confidence: gap +0.010 [-0.020, +0.040], not checked" in check.detail
     metrics["caopd"] = _m(0.60, 0.62, 0.10, 0.40)
     metrics["caopd"]["expected_confidence"] = {"n": 500, "overconfidence_gap": -0.30, "ci95": {}}
-    check = {c.name: c for c in paper_checks(metrics)}["caopd_calibrated"]
+    check = {c.name: c for c in paper_checks(metrics, _paired())}["caopd_calibrated"]
     assert check.passed and check.detail.endswith("gap -0.300, not checked")

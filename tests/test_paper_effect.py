@@ -1,15 +1,20 @@
-"""The embedded default and the paper's finding: the default pipeline, end to end, checked
-against the five checks of :mod:`caopd.evaluation.claims` (issue 5).
+"""The embedded default shows the paper's effect, asserted only where it holds with a wide margin
+at every seed and on any machine.
 
-Runs ``snakemake --cores 2`` with ``config/config.yaml`` unchanged in a temporary working
-directory (about 8 minutes on 2 CPU cores), then one test per check. The same checks for a run of
-your own::
+Runs ``snakemake --cores 2`` with ``config/config.yaml`` unchanged (seed 0) in a temporary
+working directory (about 10 minutes on 2 CPU cores). A training run is one draw: the same commit
+gives other figures on another CPU, so the five checks of :mod:`caopd.evaluation.claims` are NOT
+asserted here; they are reported over seeds by the seed study
+(``benchmarks/seed_study.py``, README "Results"). What is asserted is the direction of the effect
+with margins the seed study shows with room to spare at every seed (:data:`MARGINS`):
 
-    python -m caopd.evaluation.claims results/index
+- SDFT is overconfident (the ``sdft_overconfident`` check: gap >= +0.15, interval above 0);
+- CaOPD states a confidence much closer to its accuracy than SDFT does;
+- CaOPD's confidence ranks right answers above wrong ones much more often than SDFT's;
+- CaOPD's accuracy is not far below SDFT's or the base model's (paired interval).
 
-All five are plain assertions. One more test asserts the reading that the greedy checks sit
-on: CaOPD's expected stated confidence (:mod:`caopd.evaluation.expected_confidence`, the mean of
-the number it would state at its own answer) is calibrated within the same thresholds.
+Marked ``paper``: ``.ci/run`` runs it as its own step after the unit tests and the smoke DAG
+(``pytest -m paper``).
 """
 
 from __future__ import annotations
@@ -20,9 +25,17 @@ from pathlib import Path
 
 import pytest
 
-from caopd.evaluation.claims import metrics_from_index, paper_checks
+from caopd.evaluation.claims import checks_from_index
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Margins asserted on one draw: each is several times looser than what the seed study measured
+#: at its worst seed (README "Results").
+MARGINS = {
+    "gap_closer": 0.20,    # |gap(sdft)| - |gap(caopd)| at least this
+    "spr_gain": 0.15,      # SPR(caopd) - SPR(sdft) at least this
+    "accuracy_low": -0.08,  # paired 95% interval low of caopd - sdft and caopd - base above this
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,34 +48,35 @@ def default_run(tmp_path_factory) -> dict:
     if done.returncode != 0:
         logs = "\n".join(p.read_text()[-3000:] for p in sorted((workdir / "logs").rglob("*.log"))[-3:])
         pytest.fail(f"snakemake failed:\n{done.stderr[-6000:]}\n--- last logs ---\n{logs}")
-    metrics = metrics_from_index(workdir / "results" / "index")
-    return {"metrics": metrics, "checks": {c.name: c for c in paper_checks(metrics)}}
+    metrics, paired, checks = checks_from_index(workdir / "results" / "index")
+    return {"metrics": metrics, "paired": paired, "checks": {c.name: c for c in checks}}
 
 
-@pytest.mark.slow
-def test_default_evaluates_at_least_500_questions(default_run):
+@pytest.mark.paper
+def test_default_evaluates_the_eval_split(default_run):
     for variant, m in default_run["metrics"].items():
-        assert m["n"] >= 500 and m["split"] == "eval", f"{variant}: {m['n']} questions of {m['split']}"
+        assert m["n"] >= 1000 and m["split"] == "eval", f"{variant}: {m['n']} questions of {m['split']}"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "check",
-    ["sdft_overconfident", "caopd_calibrated", "ece_halved", "confidence_informative",
-     "capability_kept"],
-)
-def test_paper_check(default_run, check):
-    result = default_run["checks"][check]
-    assert result.passed, f"{check}: {result.detail}"
+@pytest.mark.paper
+def test_sdft_is_overconfident(default_run):
+    check = default_run["checks"]["sdft_overconfident"]
+    assert check.passed, check.detail
 
 
-@pytest.mark.slow
-def test_caopd_is_calibrated_in_expectation(default_run):
-    """The reading behind the greedy checks: the mean of CaOPD's stated-confidence distribution
-    at its greedy answers meets the thresholds (gap and ECE) too, not only its greedily decoded
-    number (which reads the most likely digits: docs/tiny_model.md section 6)."""
-    caopd = default_run["metrics"]["caopd"]["expected_confidence"]
-    sdft = default_run["metrics"]["sdft"]
-    assert caopd["n"] >= 0.9 * default_run["metrics"]["caopd"]["n"]
-    assert abs(caopd["overconfidence_gap"]) <= 0.05, caopd
-    assert caopd["ece"] <= 0.5 * sdft["ece"], (caopd["ece"], sdft["ece"])
+@pytest.mark.paper
+def test_caopd_states_much_closer_to_its_accuracy(default_run):
+    sdft, caopd = (default_run["metrics"][v]["overconfidence_gap"] for v in ("sdft", "caopd"))
+    assert abs(sdft) - abs(caopd) >= MARGINS["gap_closer"], (sdft, caopd)
+
+
+@pytest.mark.paper
+def test_caopd_confidence_is_more_informative(default_run):
+    sdft, caopd = (default_run["metrics"][v]["spr"] for v in ("sdft", "caopd"))
+    assert caopd - sdft >= MARGINS["spr_gain"], (sdft, caopd)
+
+
+@pytest.mark.paper
+def test_caopd_keeps_most_of_the_accuracy(default_run):
+    for other, pair in default_run["paired"].items():
+        assert pair["lo"] > MARGINS["accuracy_low"], (other, pair)

@@ -1,7 +1,8 @@
-"""The paper's finding as five checks on the metrics of the ``base``, ``sdft`` and ``caopd`` runs.
+"""The paper's finding as five checks on the evaluations of the ``base``, ``sdft`` and ``caopd`` runs.
 
-Issue 5's thresholds: on-policy self-distillation makes the student overconfident, CaOPD makes
-it calibrated and its confidence informative, and accuracy does not suffer.
+On-policy self-distillation makes the student overconfident, CaOPD makes it calibrated and its
+confidence informative, and accuracy does not suffer. The thresholds live in one place,
+:data:`THRESHOLDS`:
 
 =====================  ===================================================================
 check                  holds when
@@ -10,17 +11,21 @@ sdft_overconfident     gap(sdft) >= +0.15 and the lower end of its 95% interval 
 caopd_calibrated       |gap(caopd)| <= 0.05
 ece_halved             ECE(caopd) <= 0.5 * ECE(sdft)
 confidence_informative SPR(caopd) >= SPR(sdft) + 0.2
-capability_kept        acc(caopd) >= acc(sdft) - 0.03 and acc(caopd) >= acc(base)
+capability_kept        paired non-inferiority: the 95% interval of the paired accuracy
+                       difference caopd - sdft, and of caopd - base, lies above -0.03
 =====================  ===================================================================
 
 ``gap`` is the overconfidence gap (mean confidence - accuracy) of the decoded (stated) numbers:
 the checks never use anything else. Where a greedy run also has the expected stated confidence
 (:mod:`caopd.evaluation.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
-reading, without changing the verdict. Each metrics mapping is a
-variant's ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`): the point values at the
-top level, the intervals under ``ci95`` as ``[low, high]``.
+reading, without changing the verdict.
 
-Print them for a finished run (its ``results/index/<variant>.json`` files name the metrics)::
+The capability check compares the variants on the SAME questions (every run is evaluated on
+the same eval split, ``task.arith.eval_seed``): :func:`paired_accuracy` resamples questions once
+for both variants (:func:`caopd.evaluation.bootstrap.paired_difference`), so the interval is
+that of the difference, not of two noisy numbers; a larger eval split narrows it.
+
+Print them for a finished run (its ``results/index/<variant>.json`` files name the evaluations)::
 
     python -m caopd.evaluation.claims results/index
     python -m caopd.evaluation.claims results/index --sdft sdft_lr3e4 --caopd caopd_lr3e4
@@ -39,8 +44,22 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("base", "sdft", "caopd")
+CHECKS = ("sdft_overconfident", "caopd_calibrated", "ece_halved", "confidence_informative",
+          "capability_kept")
+
+#: Every threshold of the checks (module docstring), defined once.
+THRESHOLDS: dict[str, float] = {
+    "sdft_min_gap": 0.15,          # sdft_overconfident: gap(sdft) at least this
+    "calibrated_max_gap": 0.05,    # caopd_calibrated: |gap(caopd)| at most this
+    "ece_max_ratio": 0.5,          # ece_halved: ECE(caopd) at most this times ECE(sdft)
+    "spr_min_gain": 0.2,           # confidence_informative: SPR(caopd) - SPR(sdft) at least this
+    "accuracy_margin": 0.03,       # capability_kept: paired 95% interval low above -margin
+}
 #: slack on every threshold, so that float rounding of an exact boundary value still passes
 TOLERANCE = 1e-9
+#: bootstrap of the paired accuracy differences (fixed: the verdict is a function of the answers)
+PAIRED_RESAMPLES = 2000
+PAIRED_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -50,33 +69,85 @@ class Check:
     detail: str
 
 
-def paper_checks(metrics: Mapping[str, Mapping[str, Any]]) -> list[Check]:
-    """The five checks (module docstring) on ``metrics[variant]`` for ``base``, ``sdft``, ``caopd``.
+def paired_accuracy(a: Any, b: Any, *, n_resamples: int = PAIRED_RESAMPLES,
+                    seed: int = PAIRED_SEED) -> dict[str, float]:
+    """Accuracy of ``a`` minus that of ``b`` on the same questions, with its paired 95% interval.
+
+    Args:
+        a, b: scored answers (``scored.parquet`` of the evaluate stage: ``prompt_id``,
+            ``sample_index``, ``correct``); the same (question, sample) rows in both, any order.
+            With several samples per question the questions are resampled whole.
+        n_resamples, seed: the bootstrap (:func:`caopd.evaluation.bootstrap.paired_difference`).
+
+    Returns:
+        ``{"diff", "lo", "hi"}``.
 
     Raises:
-        KeyError: naming the variant or metric that is missing.
+        ValueError: the two evaluations do not answer the same (question, sample) rows.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from caopd.evaluation.bootstrap import paired_difference
+    from caopd.evaluation.metrics import accuracy
+
+    keys = ["prompt_id", "sample_index"]
+    left, right = (frame.sort_values(keys).reset_index(drop=True) for frame in (a, b))
+    if not left[keys].equals(right[keys]):
+        raise ValueError(
+            f"paired accuracy needs the same (prompt_id, sample_index) rows in both evaluations: "
+            f"{len(left)} rows against {len(right)}, or other questions"
+        )
+    zeros = np.zeros(len(left))
+    groups = pd.factorize(left["prompt_id"])[0]
+    return paired_difference(
+        left["correct"].to_numpy(dtype=float), zeros, right["correct"].to_numpy(dtype=float), zeros,
+        lambda correct, _confidence: accuracy(correct, _confidence),
+        n_resamples=n_resamples, seed=seed, groups=groups,
+    )
+
+
+def paper_checks(metrics: Mapping[str, Mapping[str, Any]],
+                 paired: Mapping[str, Mapping[str, float]]) -> list[Check]:
+    """The five checks (module docstring).
+
+    Args:
+        metrics: ``metrics[role]``, the ``metrics.json`` body of ``base``, ``sdft`` and ``caopd``
+            (:func:`caopd.evaluation.summary.summarize`: point values at the top level, ``ci95``
+            intervals as ``[low, high]``).
+        paired: :func:`paired_accuracy` of caopd against ``"sdft"`` and against ``"base"``.
+
+    Raises:
+        KeyError: naming the variant or comparison that is missing.
     """
     for variant in VARIANTS:
         if variant not in metrics:
             raise KeyError(f"paper checks need the metrics of variant {variant!r}; got {sorted(metrics)}")
-    base, sdft, caopd = (metrics[v] for v in VARIANTS)
+    for other in ("sdft", "base"):
+        if other not in paired:
+            raise KeyError(f"paper checks need the paired accuracy of caopd against {other!r}")
+    t, eps = THRESHOLDS, TOLERANCE
+    sdft, caopd = metrics["sdft"], metrics["caopd"]
     sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft["ci95"]["overconfidence_gap"][0]
     caopd_gap = caopd["overconfidence_gap"]
-    eps = TOLERANCE
+    margin = t["accuracy_margin"]
+    vs_sdft, vs_base = paired["sdft"], paired["base"]
     return [
-        Check("sdft_overconfident", sdft_gap >= 0.15 - eps and sdft_low > 0,
-              f"gap(sdft) {sdft_gap:+.3f}, 95% CI low {sdft_low:+.3f} (need >= +0.15, > 0)"),
-        Check("caopd_calibrated", abs(caopd_gap) <= 0.05 + eps,
-              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= 0.05){_expected_note(caopd)}"),
-        Check("ece_halved", caopd["ece"] <= 0.5 * sdft["ece"] + eps,
-              f"ECE caopd {caopd['ece']:.3f} vs sdft {sdft['ece']:.3f} (need <= half)"),
-        Check("confidence_informative", caopd["spr"] >= sdft["spr"] + 0.2 - eps,
-              f"SPR caopd {caopd['spr']:.3f} vs sdft {sdft['spr']:.3f} (need >= +0.2)"),
-        Check("capability_kept",
-              caopd["accuracy"] >= sdft["accuracy"] - 0.03 - eps
-              and caopd["accuracy"] >= base["accuracy"] - eps,
-              f"accuracy caopd {caopd['accuracy']:.3f}, sdft {sdft['accuracy']:.3f}, "
-              f"base {base['accuracy']:.3f} (need >= sdft - 0.03 and >= base)"),
+        Check("sdft_overconfident", sdft_gap >= t["sdft_min_gap"] - eps and sdft_low > 0,
+              f"gap(sdft) {sdft_gap:+.3f}, 95% CI low {sdft_low:+.3f} "
+              f"(need >= +{t['sdft_min_gap']:.2f}, > 0)"),
+        Check("caopd_calibrated", abs(caopd_gap) <= t["calibrated_max_gap"] + eps,
+              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= {t['calibrated_max_gap']:.2f})"
+              f"{_expected_note(caopd)}"),
+        Check("ece_halved", caopd["ece"] <= t["ece_max_ratio"] * sdft["ece"] + eps,
+              f"ECE caopd {caopd['ece']:.3f} vs sdft {sdft['ece']:.3f} "
+              f"(need <= {t['ece_max_ratio']:g} x)"),
+        Check("confidence_informative", caopd["spr"] >= sdft["spr"] + t["spr_min_gain"] - eps,
+              f"SPR caopd {caopd['spr']:.3f} vs sdft {sdft['spr']:.3f} (need >= +{t['spr_min_gain']:.1f})"),
+        Check("capability_kept", vs_sdft["lo"] > -margin - eps and vs_base["lo"] > -margin - eps,
+              f"accuracy caopd {caopd['accuracy']:.3f}; paired caopd - sdft {vs_sdft['diff']:+.3f} "
+              f"[{vs_sdft['lo']:+.3f}, {vs_sdft['hi']:+.3f}], caopd - base {vs_base['diff']:+.3f} "
+              f"[{vs_base['lo']:+.3f}, {vs_base['hi']:+.3f}] (need 95% CI low > -{margin:.2f})"),
     ]
 
 
@@ -89,9 +160,9 @@ def _expected_note(metrics: Mapping[str, Any]) -> str:
     return f"; expected stated confidence: gap {block['overconfidence_gap']:+.3f}{interval}, not checked"
 
 
-def metrics_from_index(index_dir: Path, root: Path | None = None,
-                       names: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """``{role: metrics}`` for the roles of :data:`VARIANTS`, read through ``index_dir``.
+def evaluations_from_index(index_dir: Path, root: Path | None = None,
+                           names: Mapping[str, str] | None = None) -> dict[str, Path]:
+    """``{role: evaluate artifact directory}`` for the roles of :data:`VARIANTS`.
 
     ``names`` maps a role to the variant that plays it (default: the variant of the same name).
     ``root`` is the directory the index's paths are relative to (default: the parent of
@@ -106,8 +177,29 @@ def metrics_from_index(index_dir: Path, root: Path | None = None,
         index = read_index(index_dir, variant)
         if not index.get("metrics"):
             raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no metrics yet")
-        out[role] = json.loads((root / index["metrics"]).read_text())
+        out[role] = (root / index["metrics"]).parent
     return out
+
+
+def metrics_from_index(index_dir: Path, root: Path | None = None,
+                       names: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``{role: metrics.json body}`` of :func:`evaluations_from_index`."""
+    return {role: json.loads((path / "metrics.json").read_text())
+            for role, path in evaluations_from_index(index_dir, root, names).items()}
+
+
+def checks_from_index(index_dir: Path, root: Path | None = None,
+                      names: Mapping[str, str] | None = None) -> tuple[dict[str, dict[str, Any]],
+                                                                       dict[str, dict[str, float]],
+                                                                       list[Check]]:
+    """``(metrics, paired, checks)`` of a finished run, read through its index."""
+    import pandas as pd
+
+    evaluations = evaluations_from_index(index_dir, root, names)
+    metrics = {role: json.loads((path / "metrics.json").read_text()) for role, path in evaluations.items()}
+    scored = {role: pd.read_parquet(path / "scored.parquet") for role, path in evaluations.items()}
+    paired = {other: paired_accuracy(scored["caopd"], scored[other]) for other in ("sdft", "base")}
+    return metrics, paired, paper_checks(metrics, paired)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{role}", default=role, help=f"variant in the role of {role!r}")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     names = {role: getattr(args, role) for role in VARIANTS}
-    checks = paper_checks(metrics_from_index(args.index_dir, names=names))
+    _, _, checks = checks_from_index(args.index_dir, names=names)
     for check in checks:
         print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<24} {check.detail}")
     return 0 if all(c.passed for c in checks) else 1
