@@ -147,3 +147,41 @@ def test_evaluating_on_val_changes_only_the_evaluation_keys():
         assert changed == {("eval_rollouts", None), ("evaluate", None), ("plots", None)}
     spec = next(s for s in on_val.variants["caopd"].stages if s.stage == "evaluate")
     assert spec.params["split"] == "val"
+
+
+def _schedule_config(schedule: str, **distill) -> dict:
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["distill"] = {**raw["distill"], "schedule": schedule, **distill}
+    raw["variants"] = {"base": {"distill": {"rounds": 0}}, "sdft": {"rewrite": {"calibration": False}},
+                       "caopd": {}}
+    return resolve(raw)
+
+
+def test_online_rounds_sample_inside_the_distill_job():
+    plan = build_plan(_schedule_config("online", rounds=2), ROOT)
+    stages = [(s.stage, s.round) for s in plan.variants["caopd"].stages]
+    assert stages == [("prepare_data", None), ("base_model", None), ("distill", 1), ("distill", 2),
+                      ("eval_rollouts", None), ("evaluate", None), ("plots", None)]
+    first, second = (plan.variants["caopd"].get("distill", r) for r in (1, 2))
+    assert set(first.upstream_stage.values()) == {"prepare_data", "base_model"}
+    assert second.upstream_stage == {"data": "prepare_data", "student": "distill"}
+    n = first.params["schedule"]["prompts_per_round"]
+    assert first.params["slice"] == [0, n[0]] and second.params["slice"] == [n[0], n[0] + n[1]]
+    # what the job samples and rewrites with is in its key: sdft and caopd differ from round 1
+    sdft, caopd = (_keys(plan, v) for v in ("sdft", "caopd"))
+    assert sdft[("distill", 1)] != caopd[("distill", 1)]
+    hotter = build_plan(_schedule_config("online", rounds=2, refresh_every=4), ROOT)
+    assert _keys(hotter, "caopd")[("distill", 1)] != caopd[("distill", 1)]
+    assert _keys(hotter, "caopd")[("base_model", None)] == caopd[("base_model", None)]
+
+
+def test_online_refuses_a_step_of_partial_prompt_groups_and_vllm():
+    from caopd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="multiple of 'rollouts.k'"):
+        _schedule_config("online", batch_size=30)
+    raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    raw["distill"] = {**raw["distill"], "schedule": "online"}
+    raw["rollouts"] = {**raw["rollouts"], "engine": "vllm"}
+    with pytest.raises(ConfigError, match="hf engine"):
+        resolve(raw)
