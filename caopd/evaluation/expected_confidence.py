@@ -18,8 +18,9 @@ where ``P(1)``, ``P(0)`` are the model's probabilities of the first digit (renor
 The enumeration needs a tokenizer that writes each digit and ``.`` as a token of its own (Qwen's
 and the embedded tiny model's do); :func:`digit_tokens` checks that and returns None otherwise.
 
-Cost: 10 forward passes per answer (one per tenths digit; each also gives the first-digit and
-tenths distributions), at the evaluation batch size.
+Cost: one forward pass per answer over its prefix (giving the first-digit and tenths
+distributions, and a KV cache) and ten single-token passes on that cache (one per tenths digit,
+giving the hundredths), at the evaluation batch size.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def expected_confidences(
         model: a causal LM (``transformers``), in eval mode, on its device.
         tokenizer: its tokenizer.
         prompt_ids, completion_ids: ``n`` prompts and the completions generated for them.
-        batch_size: sequences per forward pass (each answer costs 10).
+        batch_size: answers per forward pass over their prefixes.
 
     Returns ``n`` values in [0, 1], or ``n`` Nones if the tokenizer fails :func:`digit_tokens`.
     """
@@ -136,32 +137,61 @@ def expected_confidences(
             prefixes.append(list(prompt) + list(completion)[:n])
     if not rows:
         return out
-    # One sequence per (answer, tenths digit a): prefix + "0" "." a. Its last four positions
-    # predict the first digit, (".",) the tenths digit and the hundredths digit after "0.a".
-    sequences = [p + [tokens.digits[0], tokens.dot, tokens.digits[a]] for p in prefixes for a in range(10)]
     digit_ids = torch.tensor(tokens.digits)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    last4 = []
-    for b in range(0, len(sequences), batch_size):
-        batch = sequences[b:b + batch_size]
-        width = max(map(len, batch))
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, seq in enumerate(batch):  # left padding: the last positions line up
-            ids[j, width - len(seq):] = torch.tensor(seq)
-            mask[j, width - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-            logits_to_keep=4, use_cache=False,
-        ).logits[:, -4:]
-        last4.append(torch.softmax(logits.float(), -1)[..., digit_ids.to(device)].cpu())
-    probs = torch.cat(last4).view(len(rows), 10, 4, 10)  # (answer, a, position, digit)
-    p_first = probs[:, 0, 0, :2]
-    p_tenths = probs[:, 0, 2, :]
-    p_hundredths = probs[:, :, 3, :]
+    parts = []
+    for b in range(0, len(prefixes), batch_size):
+        parts.append(_digit_distributions(model, prefixes[b:b + batch_size], tokens, digit_ids.to(device), pad))
+    p_first, p_tenths, p_hundredths = (torch.cat(part) for part in zip(*parts))
     values = expected_value(p_first.double(), p_tenths.double(), p_hundredths.double())
     for i, value in zip(rows, values.tolist()):
         out[i] = float(value)
     return out
+
+
+def _digit_distributions(model: Any, prefixes: list[list[int]], tokens: DigitTokens, digit_ids: Tensor,
+                         pad: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The digit distributions of :func:`expected_value` for one batch of answer prefixes.
+
+    One forward pass over ``prefix + "0" "."`` (left-padded, with its KV cache) gives the first
+    digit (predicted at the prefix's last position) and the tenths digit (at the ``.``); one
+    single-token pass of each of the ten tenths digits on that cache, repeated ten times, gives
+    the hundredths: 1 + 10/L sequence-lengths of compute per answer instead of 10.
+
+    Returns ``(N, 2)``, ``(N, 10)``, ``(N, 10, 10)`` probabilities on the CPU (softmax over the
+    vocabulary, then the digit columns; renormalised by :func:`expected_value`).
+    """
+    device = digit_ids.device
+    sequences = [p + [tokens.digits[0], tokens.dot] for p in prefixes]
+    width = max(map(len, sequences))
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for j, seq in enumerate(sequences):  # left padding: the last positions line up
+        ids[j, width - len(seq):] = torch.tensor(seq)
+        mask[j, width - len(seq):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=3)
+    probs = torch.softmax(out.logits[:, -3:].float(), -1)[..., digit_ids]  # (N, 3, 10)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(10)  # row n*10 + a continues answer n with tenths digit a
+    n = len(sequences)
+    tenths = digit_ids.repeat(n).view(n * 10, 1)
+    step = model(
+        input_ids=tenths,
+        attention_mask=torch.cat([mask.repeat_interleave(10, 0), torch.ones_like(tenths)], dim=1),
+        position_ids=positions[:, -1:].repeat_interleave(10, 0) + 1,
+        use_cache=True, **{_cache_argument(model): cache},
+    )
+    hundredths = torch.softmax(step.logits[:, -1].float(), -1)[:, digit_ids].view(n, 10, 10)
+    return probs[:, 0, :2].cpu(), probs[:, 2, :].cpu(), hundredths.cpu()
+
+
+def _cache_argument(model: Any) -> str:
+    """The name ``forward`` takes a KV cache by: ``cache`` (transformers >= 5.2x), else the
+    older ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
