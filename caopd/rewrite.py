@@ -3,10 +3,12 @@
 One training example per rollout. With ``calibration: true`` (CaOPD) the confidence is replaced
 in three places:
 
-- the student's completion: its sampled token ids are cut before the FIRST confidence label and
-  ``Confidence: {P_acc:.2f}`` plus EOS is appended (:func:`rewrite_completion_ids`). The kept
-  prefix is the sampled ids themselves, never decoded and re-encoded (the reference's token
-  drift, DESIGN §2);
+- the student's completion: its LAST confidence label (the one the parser reads) and what
+  follows are replaced by ``Confidence: {P_acc:.2f}`` plus EOS (:func:`rewrite_completion_ids`);
+  everything before that label is kept, an earlier mention of confidence included (the
+  reference cut at the first match and so deleted the work and the answer). The kept prefix is
+  the sampled ids themselves, never decoded and re-encoded (the reference's token drift,
+  DESIGN §2);
 - the teacher's demonstration (or verified solution): its ``Confidence: 1.00`` becomes
   ``Confidence: {P_acc:.2f}``;
 - the note before the teacher's closing instruction
@@ -18,8 +20,9 @@ included, and the teacher shows ``Confidence: 1.00`` with no note.
 The teacher sees the student's completion after its own (privileged) prompt: the SAME completion
 ids follow both prompts. Prompts are truncated from the left to their own limits
 (``max_prompt_length`` for the student, ``max_teacher_prompt_length`` for the teacher: the
-reference cut the teacher's prompt to the student's limit, DESIGN §2); completions from the
-right to ``max_completion_length``.
+reference cut the teacher's prompt to the student's limit, DESIGN §2); completions to
+``max_completion_length``: an SDFT completion from the right, a CaOPD completion by shortening
+its kept prefix, so that the ``Confidence:`` suffix and EOS always survive.
 
 Output directory of :func:`run_rewrite`: ``examples.parquet`` (:data:`EXAMPLE_COLUMNS`, sorted by
 ``(prompt_id, sample_index)``, byte-deterministic) and ``preview.jsonl`` (the first
@@ -173,13 +176,15 @@ def _drop_trailing_whitespace_tokens(tokenizer: Any, ids: list[int], j: int) -> 
 
 
 def cut_completion_ids(tokenizer: Any, completion_ids: Sequence[int]) -> list[int]:
-    """The sampled ids of a completion up to its FIRST confidence label, at the token level.
+    """The sampled ids of a completion up to its LAST confidence label, at the token level.
 
-    Steps: drop trailing EOS / pad ids; decode (special tokens skipped) and find the first label
-    with :func:`caopd.confidence.find_confidence_span`; keep the longest run of leading ids
-    ``ids[:j]`` whose decoding is a prefix of the text before the label (so a token straddling
-    the cut, e.g. ``" Conf"`` after ``"B."``, is dropped); then drop trailing tokens that add
-    only whitespace. A completion without a label keeps all its ids (minus trailing EOS / pad).
+    Steps: drop trailing EOS / pad ids; decode (special tokens skipped) and find the last label
+    with :func:`caopd.confidence.find_confidence_span` (the label the parser reads); keep the
+    longest run of leading ids ``ids[:j]`` whose decoding is a prefix of the text before the
+    label (so a token straddling the cut, e.g. ``" Conf"`` after ``"B."``, is dropped); then
+    drop trailing tokens that add only whitespace. An earlier mention of confidence (``I have
+    low confidence: ...``, a ``<think>`` block) lies before the last label and is kept. A
+    completion without a label keeps all its ids (minus trailing EOS / pad).
 
     The returned ids are a prefix of ``completion_ids``: they are never decoded and re-encoded,
     so a non-canonical tokenisation the model sampled survives unchanged.
@@ -201,33 +206,66 @@ def confidence_suffix_ids(tokenizer: Any, p_acc: float, *, newline: bool = True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def rewrite_completion_ids(
-    tokenizer: Any, completion_ids: Sequence[int], p_acc: float
-) -> list[int]:
-    """The CaOPD completion: cut ids + ``"\\nConfidence: {p_acc:.2f}"`` ids + ``[eos]``.
+def _with_suffix(tokenizer: Any, kept: list[int], p_acc: float) -> list[int]:
+    """``kept`` + the confidence suffix (its ``"\\n"`` only where the kept text needs one) + EOS."""
+    kept_text = _decode(tokenizer, kept)
+    newline = bool(kept_text) and not kept_text.endswith("\n")
+    return kept + confidence_suffix_ids(tokenizer, p_acc, newline=newline) + [int(tokenizer.eos_token_id)]
 
-    ``cut ids`` is :func:`cut_completion_ids` (sampled ids, never re-encoded). The suffix is
-    encoded on its own, so the boundary between the kept prefix and the suffix's ``"\\n"`` is a
-    fresh token boundary by construction (the kept prefix ends at a token boundary of the
-    sample, the suffix starts at one of its own encoding). The suffix leaves out its ``"\\n"``
-    when the kept text is empty or already ends with a newline: a tokenizer whose tokens absorb
-    a newline after punctuation (Qwen2's ``">\\n"``) keeps that token, and the label must still
-    start its own line once, not after a blank line. So the rewritten text is always the kept
-    text, one line break, ``Confidence: x``. A completion with no label (e.g. cut by
-    ``max_new_tokens``) keeps all its ids and still gets the suffix.
+
+def rewrite_completion(
+    tokenizer: Any, completion_ids: Sequence[int], p_acc: float, max_length: int | None = None
+) -> tuple[list[int], bool]:
+    """The CaOPD completion and whether its kept prefix was shortened to fit ``max_length``.
+
+    The completion is :func:`cut_completion_ids` (sampled ids, never re-encoded) +
+    ``"\\nConfidence: {p_acc:.2f}"`` ids + ``[eos]``. The suffix is encoded on its own, so the
+    boundary between the kept prefix and the suffix's ``"\\n"`` is a fresh token boundary by
+    construction. The suffix leaves out its ``"\\n"`` when the kept text is empty or already
+    ends with a newline: a tokenizer whose tokens absorb a newline after punctuation (Qwen2's
+    ``">\\n"``) keeps that token, and the label must still start its own line once. So the
+    rewritten text is always the kept text, one line break, ``Confidence: x``. A completion with
+    no label (e.g. cut by ``max_new_tokens``) keeps all its ids and still gets the suffix.
+
+    With ``max_length`` the result has at most that many ids: the kept prefix is shortened
+    (its last ids dropped), never the suffix or the EOS, so a length-capped example still ends
+    ``Confidence: x`` + EOS (issue 13 row 9: cutting the assembled ids lost the EOS).
+
+    Returns:
+        ``(ids, shortened)``: ``len(ids) <= max_length`` when it is given; ``shortened`` is True
+        when prefix ids were dropped to fit.
 
     Raises:
-        ValueError: ``p_acc`` outside [0, 1] or NaN; the tokenizer has no EOS token.
+        ValueError: ``p_acc`` outside [0, 1] or NaN; the tokenizer has no EOS token;
+            ``max_length`` cannot hold the suffix and EOS even with an empty prefix.
     """
     if tokenizer.eos_token_id is None:
         raise ValueError(
             "the tokenizer has no eos_token_id; a rewritten completion must end with EOS"
         )
     kept = cut_completion_ids(tokenizer, completion_ids)
-    kept_text = _decode(tokenizer, kept)
-    newline = bool(kept_text) and not kept_text.endswith("\n")
-    suffix = confidence_suffix_ids(tokenizer, p_acc, newline=newline)
-    return kept + suffix + [int(tokenizer.eos_token_id)]
+    out = _with_suffix(tokenizer, kept, p_acc)
+    if max_length is None or len(out) <= max_length:
+        return out, False
+    # the suffix is at most one id longer with its newline: start where it fits with one
+    j = min(len(kept), max(0, max_length - (len(out) - len(kept))))
+    while True:
+        out = _with_suffix(tokenizer, kept[:j], p_acc)
+        if len(out) <= max_length:
+            return out, True
+        if j == 0:
+            raise ValueError(
+                f"rewrite.max_completion_length {max_length} cannot hold the confidence suffix and "
+                f"EOS ({len(out)} ids): raise it"
+            )
+        j -= 1
+
+
+def rewrite_completion_ids(
+    tokenizer: Any, completion_ids: Sequence[int], p_acc: float, max_length: int | None = None
+) -> list[int]:
+    """The CaOPD completion ids of :func:`rewrite_completion` (kept prefix + suffix + EOS)."""
+    return rewrite_completion(tokenizer, completion_ids, p_acc, max_length)[0]
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -241,8 +279,8 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 def solution_text(rollout_text: str) -> str:
-    """A verified rollout as shown to the teacher: cut before its first confidence label and
-    right-stripped (the same cut as the completion rewrite)."""
+    """A verified rollout as shown to the teacher: cut before its LAST confidence label and
+    right-stripped (the same cut as the completion rewrite; an earlier mention is kept)."""
     span = find_confidence_span(rollout_text)
     return (rollout_text if span is None else rollout_text[: span[0]]).rstrip()
 
@@ -334,7 +372,8 @@ def build_examples(
         ``summary``: ``n_examples``, ``n_prompts`` (with examples), ``n_fallback`` and
         ``n_skipped`` (prompts without a correct rollout in ``correct_solution`` mode),
         ``n_truncated_prompt``, ``n_truncated_teacher_prompt``, ``n_truncated_completion``
-        (examples cut to their limit), ``n_without_label`` (CaOPD completions that had no
+        (examples cut to their limit; a CaOPD completion by shortening its kept prefix, so its
+        suffix and EOS survive), ``n_without_label`` (CaOPD completions that had no
         confidence label and got the suffix appended), ``mean_completion_len`` (None with no
         examples), ``calibration``, ``teacher_mode``, ``fallback``.
 
@@ -432,10 +471,11 @@ def build_examples(
             if config.calibration:
                 if find_confidence_span(_decode(tokenizer, sampled)) is None:
                     counts["n_without_label"] += 1
-                completion = rewrite_completion_ids(tokenizer, sampled, p_acc)
+                completion, completion_cut = rewrite_completion(
+                    tokenizer, sampled, p_acc, config.max_completion_length
+                )
             else:
-                completion = sampled
-            completion, completion_cut = _right_truncate(completion, config.max_completion_length)
+                completion, completion_cut = _right_truncate(sampled, config.max_completion_length)
             counts["n_truncated_prompt"] += cut
             counts["n_truncated_teacher_prompt"] += teacher_cut
             counts["n_truncated_completion"] += completion_cut
