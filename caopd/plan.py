@@ -46,6 +46,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "rewrite": (
         "caopd/rewrite.py",
+        "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/rewrite.py",
