@@ -129,20 +129,19 @@ def dataset_fingerprint(path: str) -> dict[str, Any]:
 def model_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
     """What of a non-tiny starting model enters the base-model key.
 
-    A local directory is described by its file names, sizes and modification times (hashing
-    tens of GB at parse time is too slow); the job records full sha256s in its manifest. A hub
-    id is described by the id and the pinned revision.
+    A local directory is described by the sha256 of every file (:func:`caopd.sources.
+    directory_digests`, cached by file status so that a parse does not rehash unchanged weights;
+    size and mtime alone let same-size weights with an old mtime keep the key). A hub id is
+    described by the id, the pinned revision and the commit of the snapshot in the local cache,
+    so a newer snapshot fetched under the same id gives a new key.
     """
+    from caopd.sources import cached_snapshot, directory_digests
+
     p = Path(source)
     if p.exists():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return {
-            "path": str(p),
-            "files": {
-                f.relative_to(p).as_posix(): [f.stat().st_size, int(f.stat().st_mtime)] for f in files
-            },
-        }
-    return {"hub_id": source, "revision": revision}
+        return {"path": str(p), "files": directory_digests(p)}
+    snapshot = cached_snapshot(source, revision)
+    return {"hub_id": source, "revision": revision, "commit": None if snapshot is None else snapshot.name}
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,9 @@ def test_raw_data_files_enter_the_data_key(tmp_path):
     data = tmp_path / "eval"
     data.mkdir()
     (data / "rows.arrow").write_bytes(b"one")
-    cfg = {"task": {"name": "science", "paths": {"eval": str(data)}}}
+    train = tmp_path / "train"
+    train.mkdir()
+    cfg = {"task": {"name": "science", "paths": {"train": str(train), "eval": str(data)}}}
     first = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
     (data / "rows.arrow").write_bytes(b"two")
     second = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
@@ -147,3 +149,25 @@ def test_evaluating_on_val_changes_only_the_evaluation_keys():
         assert changed == {("eval_rollouts", None), ("evaluate", None), ("plots", None)}
     spec = next(s for s in on_val.variants["caopd"].stages if s.stage == "evaluate")
     assert spec.params["split"] == "val"
+
+
+def test_local_model_weights_enter_the_key_by_content(tmp_path, monkeypatch):
+    """Issue 13 row 3: same-size weights with the old mtime used to keep the key; the sha256 of
+    every file is in it now (a cached digest is revalidated by inode, size, mtime and ctime)."""
+    import os
+
+    monkeypatch.setenv("CAOPD_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"A" * 64)
+    cfg = {"model": {"source": str(model)}}
+    first = _keys(build_plan(_config(**cfg), ROOT), "caopd")
+    assert first == _keys(build_plan(_config(**cfg), ROOT), "caopd")  # from the cache: same key
+    stat = weights.stat()
+    weights.write_bytes(b"B" * 64)  # same size ...
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the old mtime
+    second = _keys(build_plan(_config(**cfg), ROOT), "caopd")
+    assert second[("base_model", None)] != first[("base_model", None)]
+    assert second[("prepare_data", None)] == first[("prepare_data", None)]
