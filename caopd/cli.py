@@ -27,6 +27,12 @@ Subcommands:
     ground truth the task cannot take, a byte that is not UTF-8 or a BOM is an error naming the
     file and its line (JSONL) or index (JSON list); the exit status is then 2.
 
+``caopd track [--results results] [--uri URI] [--experiment caopd]``
+    Log into MLflow the records (``tracking.json``) of artifacts whose jobs ran while the
+    tracking store was unreachable, and the variant runs the indexes lack (:mod:`caopd.ingest`).
+    ``--uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Exit
+    status 2 when an artifact does not verify or the store cannot be used.
+
 Adding a subcommand: write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=...)`` (a function ``args -> exit status``) and append it to
 :data:`SUBCOMMANDS`.
@@ -263,7 +269,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 # Each entry registers one subcommand on the `caopd` parser.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate]
+def _add_track(subparsers: argparse._SubParsersAction) -> None:
+    from caopd.ingest import add_subcommand
+
+    add_subcommand(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate, _add_track]
 
 
 def build_parser() -> argparse.ArgumentParser:
