@@ -32,7 +32,6 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 RESERVED_VARIANT_NAMES = frozenset(
     {
         "all",
-        "tracking_store",
         "prepare_data",
         "base_model",
         "rollouts",

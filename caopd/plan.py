@@ -81,6 +81,11 @@ COMPARE_CODE: tuple[str, ...] = (
     "workflow/scripts/compare.py",
 )
 
+#: Source files of the ``index`` rule (fixed path ``results/index/<variant>.json``), taken as a
+#: param for the same reason; the workflow's profiles leave out Snakemake's mtime-based ``code``
+#: trigger, which a fresh clone would fail (profiles/default/config.yaml).
+INDEX_CODE: tuple[str, ...] = ("caopd/index.py", "workflow/scripts/index.py")
+
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the byte string keys are hashed from."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from caopd.config import deep_merge, resolve
-from caopd.plan import COMPARE_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
+from caopd.plan import COMPARE_CODE, INDEX_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,6 +125,27 @@ def test_compare_code_exists_and_reaches_the_rule():
         assert (ROOT / entry).is_file(), f"compare: {entry} does not exist"
     rule = (ROOT / "workflow" / "rules" / "plots.smk").read_text()
     assert "code=COMPARE_FINGERPRINT" in rule.split("rule compare:")[1]
+
+
+def test_index_code_exists_and_reaches_the_rule():
+    for entry in INDEX_CODE:
+        assert (ROOT / entry).is_file(), f"index: {entry} does not exist"
+    rule = (ROOT / "workflow" / "rules" / "plots.smk").read_text()
+    assert "code=INDEX_FINGERPRINT" in rule.split("rule index:")[1].split("rule compare:")[0]
+
+
+def test_where_a_job_runs_is_no_param_or_input():
+    """Issue 13 row 1 (the smoke test runs the moved copy): no rule takes the checkout's path or
+    the tracking URI as a param or input, and the profiles drop the mtime-based code trigger."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    for params in re.findall(r"params:\n((?:        .*\n)+)", text):
+        assert "workflow.basedir" not in params and "root=" not in params and "TRACKING" not in params
+    assert "TRACKING" not in text and "tracking.json" not in text
+    for profile in ("profiles/default/config.yaml", "workflow/profiles/slurm/config.yaml"):
+        triggers = yaml.safe_load((ROOT / profile).read_text())["rerun-triggers"]
+        assert "code" not in triggers and {"params", "input", "mtime"} <= set(triggers), profile
 
 
 def test_raw_data_files_enter_the_data_key(tmp_path):

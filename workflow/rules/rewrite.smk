@@ -12,8 +12,6 @@ rule rewrite:
     params:
         spec=stage_preimage("rewrite"),
         seed=stage_seed("rewrite"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     log:
         "logs/rewrite/{key}.log",
     conda:
