@@ -165,3 +165,21 @@ def test_science_paths_are_checked_at_load(tmp_path):
 def test_arith_refuses_data_paths(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'task\.paths\.train' is set, but task 'arith' generates"):
         resolve(deep_merge(_raw(), {"task": {"paths": {"train": str(tmp_path)}}}))
+
+
+def test_snakemake_dry_run_refuses_a_config_that_cannot_run(tmp_path):
+    """Row 5 through the workflow: ``snakemake -n`` fails at parse time naming the key, instead
+    of planning jobs that fail hours later."""
+    import subprocess
+    import sys
+
+    cfg = deep_merge(_raw(), {"model": {"source": "/nonexistent/path"}, "rollouts": {"k": 8}})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(path), "--cores", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0
+    assert "key 'model.source': '/nonexistent/path' does not exist" in done.stdout + done.stderr

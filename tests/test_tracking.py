@@ -231,3 +231,39 @@ def test_a_rerun_keeps_the_earlier_attempts_log(tmp_path, monkeypatch):
     assert "first attempt, killed" in first.read_text()
     assert "second attempt" in log_path.read_text() and "first attempt" not in log_path.read_text()
     assert first.name in log_path.read_text()  # the new log names the earlier attempt
+
+
+def test_a_server_lost_mid_job_costs_no_metric(tmp_path, store, monkeypatch):
+    """Row 2: MLflow fails after the run opened (server killed while base_model trains): the
+    job finishes, the run is left RUNNING with what reached it, and `caopd track` completes it
+    without logging a metric twice."""
+    import mlflow
+
+    from caopd.cli import main
+
+    calls = {"n": 0}
+    real = mlflow.MlflowClient.log_batch
+
+    def dies_after_two(self, run_id, metrics=(), *args, **kwargs):
+        if metrics:
+            calls["n"] += 1
+            if calls["n"] > 2:
+                raise ConnectionError("server killed")
+        return real(self, run_id, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", dies_after_two)
+    pre, key = _preimage("base_model")
+    out = tmp_path / "results" / "base_model" / key
+    with open_job(preimage=pre, key=key, seed=0, inputs={}, output=out, root=tmp_path, tracking=store) as job:
+        (job.out / "model.bin").write_bytes(b"weights")
+        for step in range(1, 6):
+            job.log_metrics({"warmup_loss": 1.0 / step}, step=step)
+    manifest = verify_artifact(out)
+    client = mlflow.MlflowClient(tracking_uri=store["uri"])
+    run = client.get_run(manifest["mlflow_run_id"])
+    assert run.info.status == "RUNNING" and len(client.get_metric_history(run.info.run_id, "warmup_loss")) == 2
+    monkeypatch.setattr(mlflow.MlflowClient, "log_batch", real)
+    assert main(["track", "--results", str(tmp_path / "results"), "--uri", store["uri"], "--experiment", "test"]) == 0
+    run = client.get_run(manifest["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "warmup_loss")) == [1, 2, 3, 4, 5]
