@@ -12,6 +12,7 @@ error naming the file, never a number in a table.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,6 @@ def write_index(variant: str, stages: Sequence[Mapping[str, Any]], out: str | Pa
     index["mlflow_run_id"] = None
     write_json(out, index)
     if tracking is not None:
-        from caopd.tracking import log_variant
-
         metrics = read_json(index["metrics"]) if index["metrics"] else None
         try:
             index["mlflow_run_id"] = log_variant(
@@ -99,3 +98,35 @@ def write_index(variant: str, stages: Sequence[Mapping[str, Any]], out: str | Pa
             return index
         write_json(out, index)
     return index
+
+
+def log_variant(uri: str, experiment: str, variant: str, index: Mapping[str, Any],
+                metrics: Mapping[str, Any] | None, index_path: str | Path) -> str:
+    """Create the variant's parent run: stage keys and run ids as params, headline metrics."""
+    from mlflow.entities import Metric, Param
+
+    from caopd.tracking import client_for, ensure_store, fail_fast
+
+    fail_fast()
+    client = client_for(uri)
+    experiment_id = ensure_store(uri, experiment)
+    run = client.create_run(
+        experiment_id, tags={"caopd.variant": variant, "caopd.kind": "variant"}, run_name=f"variant/{variant}"
+    )
+    params = []
+    for entry in index["stages"]:
+        label = entry["stage"] if entry["round"] is None else f"{entry['stage']}.r{entry['round']}"
+        params.append(Param(f"{label}.key", entry["key"]))
+        if entry.get("mlflow_run_id"):
+            params.append(Param(f"{label}.run", entry["mlflow_run_id"]))
+            client.set_tag(entry["mlflow_run_id"], f"caopd.variant.{variant}", run.info.run_id)
+    client.log_batch(run.info.run_id, params=params[:100])
+    if metrics:
+        stamp = int(time.time() * 1000)
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        client.log_batch(
+            run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in numeric.items()]
+        )
+    client.log_artifact(run.info.run_id, str(index_path))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.index import log_variant
 from caopd.store import read_json, verify_artifact, write_json
 from caopd.tracking import (
     RECORD_FILE,
@@ -30,7 +31,6 @@ from caopd.tracking import (
     fail_fast,
     find_run,
     log_metric_rows,
-    log_variant,
     open_run,
 )
 

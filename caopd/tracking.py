@@ -293,33 +293,3 @@ class StageRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self._send(lambda: self.client.set_terminated(self.run_id, status=status))
-
-
-def log_variant(uri: str, experiment: str, variant: str, index: Mapping[str, Any],
-                metrics: Mapping[str, Any] | None, index_path: str | Path) -> str:
-    """Create the variant's parent run: stage keys and run ids as params, headline metrics."""
-    from mlflow.entities import Metric, Param
-
-    fail_fast()
-    client = client_for(uri)
-    experiment_id = ensure_store(uri, experiment)
-    run = client.create_run(
-        experiment_id, tags={"caopd.variant": variant, "caopd.kind": "variant"}, run_name=f"variant/{variant}"
-    )
-    params = []
-    for entry in index["stages"]:
-        label = entry["stage"] if entry["round"] is None else f"{entry['stage']}.r{entry['round']}"
-        params.append(Param(f"{label}.key", entry["key"]))
-        if entry.get("mlflow_run_id"):
-            params.append(Param(f"{label}.run", entry["mlflow_run_id"]))
-            client.set_tag(entry["mlflow_run_id"], f"caopd.variant.{variant}", run.info.run_id)
-    client.log_batch(run.info.run_id, params=params[:100])
-    if metrics:
-        stamp = int(time.time() * 1000)
-        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        client.log_batch(
-            run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in numeric.items()]
-        )
-    client.log_artifact(run.info.run_id, str(index_path))
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
