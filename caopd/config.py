@@ -155,8 +155,9 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
     if rollouts and rewrite and rewrite["max_completion_length"] < rollouts["max_new_tokens"] + 8:
         raise ConfigError(
             f"{where}: key 'rewrite.max_completion_length' ({rewrite['max_completion_length']}) must be "
-            f"at least 'rollouts.max_new_tokens' + 8 ({rollouts['max_new_tokens'] + 8}): a length-capped "
-            "rollout would lose the appended 'Confidence: x' target to truncation"
+            f"at least 'rollouts.max_new_tokens' + 8 ({rollouts['max_new_tokens'] + 8}): the rewrite "
+            "keeps the 'Confidence: x' target and EOS of a length-capped rollout by dropping its work "
+            "instead, so the work of most rollouts would be cut short"
         )
     distill = cfg.get("distill", {})
     if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is not None:
