@@ -30,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,9 @@ class StageRecord:
         self.artifacts: list[str] = []
 
     def add_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record the numeric values of ``metrics`` at ``step`` (None and non-numbers skipped)."""
         for name, value in metrics.items():
-            if value is not None:
+            if isinstance(value, Real):
                 self.metrics.append({"name": name, "value": _finite(value), "step": int(step)})
 
     def as_json(self) -> dict[str, Any]:
