@@ -21,8 +21,17 @@ Subcommands:
     - optional ``prompt_id`` (or ``question_id``): when present on every row, rows sharing it
       are one question for the bootstrap (several samples per question).
 
-    A row lacking either field is an error naming its line (JSONL) or index (JSON list) and
-    the keys it has; the exit status is then 2.
+    Each ground truth must be a valid answer for ``--task`` (a letter A-D for arith/science, a
+    non-empty list of calls for tooluse, whose ``Action_Input`` may be a JSON string or a JSON
+    object). The file must be UTF-8 without a byte-order mark. A row lacking either field, a
+    ground truth the task cannot take, a byte that is not UTF-8 or a BOM is an error naming the
+    file and its line (JSONL) or index (JSON list); the exit status is then 2.
+
+``caopd track [--results results] [--uri URI] [--experiment caopd]``
+    Log into MLflow the records (``tracking.json``) of artifacts whose jobs ran while the
+    tracking store was unreachable, and the variant runs the indexes lack (:mod:`caopd.ingest`).
+    ``--uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Exit
+    status 2 when an artifact does not verify or the store cannot be used.
 
 Adding a subcommand: write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=...)`` (a function ``args -> exit status``) and append it to
@@ -71,32 +80,69 @@ def _truth_to_str(value: Any, where: str) -> str:
     )
 
 
+def _decode(path: Path, data: bytes) -> str:
+    """``data`` as UTF-8 text; PredictionsError naming the line of a BOM or a non-UTF-8 byte."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        raise PredictionsError(
+            f"{path} line 1: starts with a UTF-8 byte-order mark (BOM); save the file as UTF-8 "
+            "without a BOM"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise PredictionsError(
+            f"{path} line {line}: byte 0x{data[err.start]:02x} at column {column} is not UTF-8 "
+            f"({err.reason}); the predictions file must be UTF-8"
+        ) from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, Any]]:
     """``(where, row)`` pairs from a JSONL file or a JSON list; ``where`` names line or index."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
         raise PredictionsError(f"cannot read predictions {path}: {err}") from err
+    text = _decode(path, data)
     if text.lstrip().startswith("["):
         try:
-            data = json.loads(text)
+            rows = json.loads(text)
         except json.JSONDecodeError as err:
-            raise PredictionsError(f"{path}: not valid JSON: {err}") from err
-        return [(f"{path} row {i}", row) for i, row in enumerate(data)]
-    rows: list[tuple[str, Any]] = []
+            raise PredictionsError(f"{path} line {err.lineno}: not valid JSON: {err}") from err
+        return [(f"{path} row {i}", row) for i, row in enumerate(rows)]
+    out: list[tuple[str, Any]] = []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path} line {lineno}"
         try:
-            rows.append((where, json.loads(line)))
+            out.append((where, json.loads(line)))
         except json.JSONDecodeError as err:
             raise PredictionsError(f"{where}: not valid JSON: {err}") from err
-    return rows
+    return out
 
 
-def load_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[str], list[Any] | None]:
+def _task_truth(task: Any, value: Any, where: str) -> str:
+    """``value`` as the task's canonical ground truth; PredictionsError naming ``where``."""
+    try:
+        return task.ground_truth(value)
+    except ValueError as err:
+        raise PredictionsError(
+            f"{where}: the ground truth is not a valid answer for task {task.name!r}: {err}"
+        ) from None
+
+
+def load_predictions(
+    path: str | os.PathLike[str], task: str | None = None
+) -> tuple[list[str], list[str], list[Any] | None]:
     """Read a predictions file.
+
+    Args:
+        path: the JSONL file or JSON list (module docstring).
+        task: a registered task name: every ground truth is checked and made canonical with
+            its ``ground_truth`` (a tool-use ``Action_Input`` object becomes normalised JSON
+            text). Without it, the ground truths are only turned into strings.
 
     Returns:
         ``(responses, ground_truths, groups)``: ``n`` response strings, ``n`` canonical
@@ -104,10 +150,15 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[str]
         ``prompt_id``/``question_id`` (else ``None``).
 
     Raises:
-        PredictionsError: unreadable file, invalid JSON, a row that is not an object, lacks
-            a response or ground truth, or has one of the wrong type; no rows at all.
+        PredictionsError: unreadable file, a BOM or a byte that is not UTF-8, invalid JSON, a row
+            that is not an object, lacks a response or ground truth, has one of the wrong type
+            or a ground truth the task cannot take; no rows at all. Each names file and line.
     """
     path = Path(path)
+    if task is not None:
+        from caopd.tasks import get_task
+
+        task_obj = get_task(task)
     responses: list[str] = []
     truths: list[str] = []
     groups: list[Any] = []
@@ -128,7 +179,10 @@ def load_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[str]
                 f"{where}: {response_key!r} must be a string, got {type(response).__name__}"
             )
         responses.append(response)
-        truths.append(_truth_to_str(row[truth_key], where))
+        if task is None:
+            truths.append(_truth_to_str(row[truth_key], where))
+        else:
+            truths.append(_task_truth(task_obj, row[truth_key], where))
         group_key = next((k for k in GROUP_KEYS if k in row), None)
         groups.append(None if group_key is None else json.dumps(row[group_key], sort_keys=True))
     if not responses:
@@ -159,7 +213,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from caopd.evaluation.summary import score_rows, summarize
 
     try:
-        responses, truths, groups = load_predictions(args.predictions)
+        responses, truths, groups = load_predictions(args.predictions, task=args.task)
     except PredictionsError as err:
         print(f"caopd evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -215,7 +269,13 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 # Each entry registers one subcommand on the `caopd` parser.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate]
+def _add_track(subparsers: argparse._SubParsersAction) -> None:
+    from caopd.ingest import add_subcommand
+
+    add_subcommand(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate, _add_track]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,16 +5,21 @@ Three functions cover everything the pipeline does with it:
 
 - :func:`parse_confidence` reads the confidence a completion states (evaluation, targets);
 - :func:`format_confidence` writes ``P_acc`` with two decimals (the rewrite stage);
-- :func:`find_confidence_span` locates the first label, where the rewrite cuts a completion.
+- :func:`find_confidence_span` locates the LAST label (the one the parser reads), where the
+  rewrite replaces a completion's confidence: everything before it is kept, so an earlier
+  mention ("I have low confidence: ...", a ``<think>`` block) never cuts the answer away.
 
 The reference parser raised on ``Confidence: 0.75.``, read ``85%`` as 1.0 and could not read
 ``**Confidence:** 0.85``; this one is tested on a table of formats (``tests/test_confidence.py``).
 
 Label grammar (case-insensitive)::
 
-    label  := [emph] "confidence" [" level" | " score"] [emph] ws* (":" | "=")
+    label  := [emph] "confidence" [" level" | " score"] [ws* paren] [emph] ws* (":" | "=")
             | "<confidence>"
     emph   := 1-3 of "*" or "_"          (markdown emphasis: **x**, *x*, __x__)
+    paren  := "(" ... ")" | "[" ... "]"  (at most 40 characters on one line: the scale, as in
+                                          ``Confidence level (0.0-1.0): 0.8``, the instruction's
+                                          own wording)
     value  := ws* [emph/quotes] ws* ( decimal | number ws* "%" | number ws* "/" ws* number )
 
 A label must not be glued to a preceding letter, digit or underscore
@@ -42,6 +47,7 @@ _LABEL_RE = re.compile(
         )
         confidence
         (?:[ \t]+(?:level|score))?              # 'Confidence level', 'confidence score'
+        (?:[ \t]*(?:\([^()\[\]\n]{0,40}\)|\[[^()\[\]\n]{0,40}\]))?  # '(0.0-1.0)', '[0-1]'
         [*_]{0,3}                               # optional closing emphasis before the colon
         [ \t]*[:=]
     |
@@ -191,13 +197,14 @@ def format_confidence(p: float) -> str:
 
 
 def find_confidence_span(text: str) -> tuple[int, int] | None:
-    """The span ``(start, end)`` of the FIRST confidence label in ``text``, or None.
+    """The span ``(start, end)`` of the LAST confidence label in ``text``, or None.
 
-    ``start`` is where the label begins, including a leading markdown emphasis (``**`` of
-    ``**Confidence:**``); ``end`` is just past its ``:``/``=`` (or past ``<confidence>``), so
-    ``text[start:end]`` is the label itself and the value follows. Labels are those
-    :func:`parse_confidence` recognises, found whatever their value is. The rewrite stage keeps
-    ``text[:start]`` and appends its own ``Confidence:`` line.
+    The last label is the one :func:`parse_confidence` reads. ``start`` is where the label
+    begins, including a leading markdown emphasis (``**`` of ``**Confidence:**``); ``end`` is
+    just past its ``:``/``=`` (or past ``<confidence>``), so ``text[start:end]`` is the label
+    itself and the value follows. Labels are found whatever their value is. The rewrite stage
+    keeps ``text[:start]`` (earlier mentions of confidence included) and appends its own
+    ``Confidence:`` line.
 
     Examples:
         >>> text = "<answer>B</answer>\\n**Confidence:** 0.9"
@@ -205,12 +212,15 @@ def find_confidence_span(text: str) -> tuple[int, int] | None:
         (19, 32)
         >>> text[19:32]
         '**Confidence:'
+        >>> text = "I have low confidence: 47 + 85 = 132(B)\\nConfidence: 0.9"
+        >>> text[:find_confidence_span(text)[0]]
+        'I have low confidence: 47 + 85 = 132(B)\\n'
         >>> find_confidence_span("no label here") is None
         True
     """
     if not isinstance(text, str):
         raise TypeError(f"find_confidence_span expects a str, got {type(text).__name__}: {text!r}")
-    match = _LABEL_RE.search(text)
-    if match is None:
+    labels = _labels(text)
+    if not labels:
         return None
-    return match.start(), match.end()
+    return labels[-1].start(), labels[-1].end()

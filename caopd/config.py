@@ -3,6 +3,12 @@
 The schema at ``workflow/schemas/config.schema.yaml`` is the one source of defaults. ``resolve``
 fills them in, rejects unknown keys and out-of-range values with a message naming the key, merges
 each variant's overrides into the base config and validates the merged result the same way.
+An ``integer`` is an integer (``8.0`` is refused: it would change a key, then fail in a job).
+
+Each resolved variant is also checked against the disk (:func:`check_sources`): every data path
+exists or names a dataset in the local Hugging Face cache, ``model.source`` is ``tiny``, a local
+model directory or a model in that cache, and a task that reads files has a train path wherever
+it trains. So a config that cannot run is refused at load, naming the key, before any job.
 
 Used by the Snakefile at parse time, so this module imports nothing heavy::
 
@@ -26,7 +32,6 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / 
 RESERVED_VARIANT_NAMES = frozenset(
     {
         "all",
-        "tracking_store",
         "prepare_data",
         "base_model",
         "rollouts",
@@ -65,7 +70,16 @@ def _with_defaults(validator_class: type) -> type:
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+def _strict_integer(checker, instance) -> bool:  # noqa: ANN001 - jsonschema's signature
+    """JSON Schema calls ``8.0`` an integer; a YAML ``8.0`` is a float here, and refused."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Strict = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+_Validator = _with_defaults(_Strict)
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -114,6 +128,13 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             "true; set greedy: false for sampled evaluation, or n_samples: 1"
         )
     task = cfg.get("task", {})
+    if task and task["name"] == "arith":
+        given = [split for split, path in task["paths"].items() if path is not None]
+        if given:
+            raise ConfigError(
+                f"{where}: key 'task.paths.{given[0]}' is set, but task 'arith' generates its data "
+                "and reads no files; remove task.paths (or choose task.name science / tooluse)"
+            )
     if ev and task and ev["split"] == "val" and task["sizes"]["val"] == 0:
         raise ConfigError(
             f"{where}: key 'evaluation.split' is 'val' but 'task.sizes.val' is 0: there is no "
@@ -134,8 +155,9 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
     if rollouts and rewrite and rewrite["max_completion_length"] < rollouts["max_new_tokens"] + 8:
         raise ConfigError(
             f"{where}: key 'rewrite.max_completion_length' ({rewrite['max_completion_length']}) must be "
-            f"at least 'rollouts.max_new_tokens' + 8 ({rollouts['max_new_tokens'] + 8}): a length-capped "
-            "rollout would lose the appended 'Confidence: x' target to truncation"
+            f"at least 'rollouts.max_new_tokens' + 8 ({rollouts['max_new_tokens'] + 8}): the rewrite "
+            "keeps the 'Confidence: x' target and EOS of a length-capped rollout by dropping its work "
+            "instead, so the work of most rollouts would be cut short"
         )
     distill = cfg.get("distill", {})
     if distill and rollouts and distill["schedule"] == "online":
@@ -160,6 +182,37 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             )
 
 
+def check_sources(cfg: Mapping[str, Any], where: str) -> None:
+    """Check a resolved variant against the disk; raise :class:`ConfigError` naming the key.
+
+    - a file-backed task (science, tooluse) that trains (``distill.rounds`` > 0) needs
+      ``task.paths.train`` (its prompts are the rollouts' prompts);
+    - every ``task.paths.*`` exists (relative to the working directory) or is a dataset in the
+      local Hugging Face cache;
+    - ``model.source`` other than ``tiny`` is a local model directory or a model (at
+      ``model.revision``) in the local Hugging Face cache: nothing is downloaded at run time.
+    """
+    from caopd.sources import source_error
+
+    task = cfg["task"]
+    if task["name"] != "arith" and cfg["distill"]["rounds"] > 0 and not task["paths"]["train"]:
+        raise ConfigError(
+            f"{where}: key 'task.paths.train' is required for task '{task['name']}' when "
+            f"'distill.rounds' is {cfg['distill']['rounds']}: training samples its rollouts from "
+            "the train split (set distill.rounds: 0 to only evaluate)"
+        )
+    for split, path in task["paths"].items():
+        if path is not None:
+            problem = source_error(path, kind="dataset")
+            if problem:
+                raise ConfigError(f"{where}: key 'task.paths.{split}': {problem}")
+    source = cfg["model"]["source"]
+    if source != "tiny":
+        problem = source_error(source, kind="model", revision=cfg["model"]["revision"])
+        if problem:
+            raise ConfigError(f"{where}: key 'model.source': {problem}")
+
+
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     """``base`` with ``override`` merged in recursively (mappings merge, everything else replaces)."""
     out = copy.deepcopy(dict(base))
@@ -175,7 +228,8 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``config`` and every variant; return ``{"base": cfg, "variants": {name: cfg}}``.
 
     Each variant's config is the base config (as written, before defaults) with the variant's
-    overrides merged in, then validated and defaulted; it has no ``variants`` key.
+    overrides merged in, then validated and defaulted, then checked against the disk
+    (:func:`check_sources`); it has no ``variants`` key.
     """
     raw = copy.deepcopy(dict(config))
     base = validate(copy.deepcopy(raw), where="config")
@@ -193,6 +247,7 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
         merged["variants"] = {name: {}}
         resolved = validate(merged, where=f"variant '{name}'")
         del resolved["variants"]
+        check_sources(resolved, f"variant '{name}'")
         variants[name] = resolved
     return {"base": base, "variants": variants}
 

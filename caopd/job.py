@@ -6,24 +6,38 @@ A workflow script is a thin adapter::
     with stage_job(snakemake) as job:        # verifies inputs, opens the MLflow run, logs to the log file
         result = prepare_data(job.params, out_dir=job.out)
         job.result.update(result)            # small summary recorded in manifest.json
-    # on success: spec.json + manifest.json written, the work dir renamed to results/<stage>/<key>/
+    # on success: spec.json, tracking.json and manifest.json written, the work dir renamed to
+    # results/<stage>/<key>/
 
 The same context can be built without Snakemake with :func:`open_job` (tests do).
+
+Where the job runs and where it logs are read here, at run time, never from the rule's params:
+the workflow root is the checkout the script lives in (``snakemake.scriptdir``) and the tracking
+URI comes from :func:`caopd.tracking.tracking_settings`. MLflow never fails a job
+(:class:`caopd.tracking.StageRun`); nothing after publication can make Snakemake delete the
+artifact. Each attempt logs to its own file under ``logs/<stage>/<key>.attempts/``, which the
+rule's log file links to, so a rerun keeps the earlier attempts' logs (:func:`setup_logging`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
+import os
+import signal
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from caopd.store import Publication, verify_artifact
+from caopd.store import Publication, verify_artifact, write_json
+from caopd.tracking import RECORD_FILE, StageRecord
 
 log = logging.getLogger("caopd")
+
+ATTEMPTS_SUFFIX = ".attempts"
 
 
 @dataclass
@@ -41,25 +55,60 @@ class StageJob:
     tracker: Any = None
     result: dict[str, Any] = field(default_factory=dict)
     upstream_manifests: dict[str, dict] = field(default_factory=dict)
+    record: StageRecord | None = None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Metrics of the run: kept in ``tracking.json`` and sent to MLflow when it tracks."""
         if self.tracker is not None:
             self.tracker.log_metrics(metrics, step)
+        elif self.record is not None:
+            self.record.add_metrics(metrics, step or 0)
 
     def log_curves(self, rows: list[Mapping[str, Any]]) -> None:
+        """Training curves (rows with a ``step``), kept and sent like :meth:`log_metrics`."""
         if self.tracker is not None and rows:
             self.tracker.log_metric_series(rows)
+        elif self.record is not None:
+            for row in rows:
+                self.record.add_metrics({k: v for k, v in row.items() if k != "step"}, int(row["step"]))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file of the artifact to attach to the run (by its name inside the artifact)."""
         if self.tracker is not None:
             self.tracker.log_artifact(path, artifact_path)
+        elif self.record is not None:
+            name = Path(path).name
+            self.record.artifacts.append(name if artifact_path is None else f"{artifact_path}/{name}")
 
 
-def setup_logging(log_path: str | Path | None) -> None:
-    """Send logging and stderr (progress bars included) to the rule's log file."""
+def setup_logging(log_path: str | Path | None) -> Path | None:
+    """Send logging and stderr (progress bars included) to the rule's log file.
+
+    Snakemake deletes a rule's log file before it reruns the job, so each attempt writes to its
+    own file, ``<log stem>.attempts/<UTC start>-<pid>.log`` beside it, and the rule's log file
+    is a hard link to it (a symbolic link where hard links are not supported): a killed job's
+    log survives the rerun. Returns the attempt's file (None without a log path).
+    """
+    attempt = None
     if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        log_path = Path(log_path)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        attempts = log_path.with_name(log_path.stem + ATTEMPTS_SUFFIX)
+        attempts.mkdir(exist_ok=True)
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        attempt = attempts / f"{stamp}-{os.getpid()}.log"
+        stream = open(attempt, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        log_path.unlink(missing_ok=True)
+        try:
+            os.link(attempt, log_path)
+        except OSError:
+            try:
+                log_path.symlink_to(os.path.relpath(attempt, log_path.parent))
+            except OSError:
+                pass  # the attempt's file is still there
+        earlier = sorted(p.name for p in attempts.glob("*.log") if p != attempt)
+        if earlier:
+            stream.write(f"# earlier attempts of this job: {', '.join(earlier)} (in {attempts})\n")
         sys.stderr = stream
     logging.basicConfig(
         level=logging.INFO,
@@ -67,6 +116,7 @@ def setup_logging(log_path: str | Path | None) -> None:
         stream=sys.stderr,
         force=True,
     )
+    return attempt
 
 
 class StaleCodeError(RuntimeError):
@@ -92,6 +142,10 @@ def check_code_unchanged(preimage: Mapping[str, Any], root: str | Path) -> None:
         )
 
 
+def _status(err: BaseException) -> str:
+    return "KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED"
+
+
 @contextlib.contextmanager
 def open_job(
     *,
@@ -104,29 +158,34 @@ def open_job(
     tracking: Mapping[str, Any] | None = None,
     threads: int = 1,
 ) -> Iterator[StageJob]:
-    """Run one stage: verify inputs, open tracking, yield the job, publish atomically."""
+    """Run one stage: verify inputs, open tracking, yield the job, publish atomically.
+
+    ``tracking`` (``{"uri", "experiment"}``, or None for no MLflow) is where the run is logged;
+    it is not part of the key. The artifact always holds ``tracking.json`` (the run's tags,
+    params, metrics and attached files), whether MLflow was reachable or not.
+    """
     output = Path(output)
     if output.name != key:
         raise ValueError(f"output directory {output} is not named by its key {key}")
     manifests = {role: verify_artifact(path) for role, path in inputs.items()}
     pub = Publication(output, preimage)
+    rnd = preimage["params"].get("round")
     tracker = None
     if tracking is not None:
         from caopd.tracking import StageRun
 
         tracker = StageRun(
-            tracking["uri"],
-            tracking["experiment"],
-            stage=preimage["stage"],
-            key=key,
-            round=preimage["params"].get("round"),
-            upstream=preimage["upstream"],
-            params=preimage["params"],
+            tracking["uri"], tracking["experiment"], stage=preimage["stage"], key=key, round=rnd,
+            upstream=preimage["upstream"], params=preimage["params"],
         )
+        record = tracker.record
+    else:
+        record = StageRecord(stage=preimage["stage"], key=key, round=rnd,
+                             upstream=preimage["upstream"], params=preimage["params"])
     job = StageJob(
         stage=preimage["stage"],
         key=key,
-        round=preimage["params"].get("round"),
+        round=rnd,
         params=dict(preimage["params"]),
         inputs={role: Path(p) for role, p in inputs.items()},
         out=pub.work,
@@ -134,41 +193,66 @@ def open_job(
         threads=threads,
         tracker=tracker,
         upstream_manifests=manifests,
+        record=record,
     )
     log.info("stage %s key %s: start (inputs: %s)", job.stage, key, dict(inputs))
     try:
         yield job
+        record.artifacts += ["manifest.json", "spec.json", RECORD_FILE]
+        write_json(pub.work / RECORD_FILE, record.as_json())
         manifest = pub.publish(
             {"round": job.round, "seed": job.seed, "result": job.result,
              "mlflow_run_id": tracker.run_id if tracker else None},
             root,
         )
-    except BaseException:
+    except BaseException as err:
         pub.abandon()
         if tracker is not None:
-            tracker.end("FAILED")
+            tracker.end(_status(err))
         raise
+    # published: from here on nothing may fail the job (Snakemake would delete the artifact)
     if tracker is not None:
-        tracker.log_artifact(output / "manifest.json")
-        tracker.log_artifact(output / "spec.json")
-        tracker.end()
+        try:
+            for name in ("manifest.json", "spec.json", RECORD_FILE):
+                tracker.upload(output / name)
+            tracker.end()
+        except Exception as err:  # noqa: BLE001 - StageRun already swallows; belt and braces
+            log.warning("stage %s key %s: MLflow after publication failed: %s", job.stage, key, err)
     log.info("stage %s key %s: published %d files", job.stage, key, len(manifest["files"]))
+
+
+def workflow_root(smk: Any) -> Path:
+    """The checkout a Snakemake script runs from: two levels above ``workflow/scripts/``."""
+    return Path(smk.scriptdir).resolve().parents[1]
+
+
+def _terminate_as_exit(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)
 
 
 @contextlib.contextmanager
 def stage_job(smk: Any) -> Iterator[StageJob]:
-    """:func:`open_job` from a Snakemake ``snakemake`` script object."""
+    """:func:`open_job` from a Snakemake ``snakemake`` script object.
+
+    The root and the tracking settings are read here (:func:`workflow_root`,
+    :func:`caopd.tracking.tracking_settings` of ``snakemake.config``), never from params. A
+    SIGTERM (a cancelled cluster job, Ctrl-C in Snakemake) ends the job through the same path as
+    an error, so its MLflow run is marked KILLED.
+    """
+    from caopd.tracking import tracking_settings
+
     setup_logging(smk.log[0] if smk.log else None)
-    check_code_unchanged(smk.params.spec, smk.params.root)
-    inputs = {name: smk.input[name] for name in smk.input.keys() if name != "tracking"}
+    signal.signal(signal.SIGTERM, _terminate_as_exit)
+    root = workflow_root(smk)
+    check_code_unchanged(smk.params.spec, root)
     with open_job(
         preimage=smk.params.spec,
         key=smk.wildcards.key,
         seed=smk.params.seed,
-        inputs=inputs,
+        inputs={name: smk.input[name] for name in smk.input.keys()},
         output=smk.output[0],
-        root=smk.params.root,
-        tracking=smk.params.tracking,
+        root=root,
+        tracking=tracking_settings(smk.config),
         threads=smk.threads,
     ) as job:
         yield job

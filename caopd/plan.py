@@ -46,6 +46,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "rewrite": (
         "caopd/rewrite.py",
+        "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/rewrite.py",
@@ -56,6 +57,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/rollouts",
         "caopd/targets.py",
         "caopd/rewrite.py",
+        "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "caopd/data.py",
@@ -95,6 +97,11 @@ COMPARE_CODE: tuple[str, ...] = (
     "caopd/evaluation/plots.py",
     "workflow/scripts/compare.py",
 )
+
+#: Source files of the ``index`` rule (fixed path ``results/index/<variant>.json``), taken as a
+#: param for the same reason; the workflow's profiles leave out Snakemake's mtime-based ``code``
+#: trigger, which a fresh clone would fail (profiles/default/config.yaml).
+INDEX_CODE: tuple[str, ...] = ("caopd/index.py", "workflow/scripts/index.py")
 
 
 def canonical_json(obj: Any) -> str:
@@ -144,20 +151,19 @@ def dataset_fingerprint(path: str) -> dict[str, Any]:
 def model_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
     """What of a non-tiny starting model enters the base-model key.
 
-    A local directory is described by its file names, sizes and modification times (hashing
-    tens of GB at parse time is too slow); the job records full sha256s in its manifest. A hub
-    id is described by the id and the pinned revision.
+    A local directory is described by the sha256 of every file (:func:`caopd.sources.
+    directory_digests`, cached by file status so that a parse does not rehash unchanged weights;
+    size and mtime alone let same-size weights with an old mtime keep the key). A hub id is
+    described by the id, the pinned revision and the commit of the snapshot in the local cache,
+    so a newer snapshot fetched under the same id gives a new key.
     """
+    from caopd.sources import cached_snapshot, directory_digests
+
     p = Path(source)
     if p.exists():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return {
-            "path": str(p),
-            "files": {
-                f.relative_to(p).as_posix(): [f.stat().st_size, int(f.stat().st_mtime)] for f in files
-            },
-        }
-    return {"hub_id": source, "revision": revision}
+        return {"path": str(p), "files": directory_digests(p)}
+    snapshot = cached_snapshot(source, revision)
+    return {"hub_id": source, "revision": revision, "commit": None if snapshot is None else snapshot.name}
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@
 One training example per rollout. With ``calibration: true`` (CaOPD) the confidence is replaced
 in three places:
 
-- the student's completion: its sampled token ids are cut before the FIRST confidence label and
-  ``Confidence: {P_acc:.2f}`` plus EOS is appended (:func:`rewrite_completion_ids`). The kept
-  prefix is the sampled ids themselves, never decoded and re-encoded (the reference's token
-  drift, DESIGN §2);
+- the student's completion: its LAST confidence label (the one the parser reads) and what
+  follows are replaced by ``Confidence: {P_acc:.2f}`` plus EOS (:mod:`caopd.completion`);
+  everything before that label is kept, an earlier mention of confidence included (the
+  reference cut at the first match and so deleted the work and the answer). The kept prefix is
+  the sampled ids themselves, never decoded and re-encoded (the reference's token drift,
+  DESIGN §2);
 - the teacher's demonstration (or verified solution): its ``Confidence: 1.00`` becomes
   ``Confidence: {P_acc:.2f}``;
 - the note before the teacher's closing instruction
@@ -18,8 +20,9 @@ included, and the teacher shows ``Confidence: 1.00`` with no note.
 The teacher sees the student's completion after its own (privileged) prompt: the SAME completion
 ids follow both prompts. Prompts are truncated from the left to their own limits
 (``max_prompt_length`` for the student, ``max_teacher_prompt_length`` for the teacher: the
-reference cut the teacher's prompt to the student's limit, DESIGN §2); completions from the
-right to ``max_completion_length``.
+reference cut the teacher's prompt to the student's limit, DESIGN §2); completions to
+``max_completion_length``: an SDFT completion from the right, a CaOPD completion by shortening
+its kept prefix, so that the ``Confidence:`` suffix and EOS always survive.
 
 Output directory of :func:`run_rewrite`: ``examples.parquet`` (:data:`EXAMPLE_COLUMNS`, sorted by
 ``(prompt_id, sample_index)``, byte-deterministic) and ``preview.jsonl`` (the first
@@ -35,7 +38,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from caopd.confidence import find_confidence_span, format_confidence
+from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public functions
+    _decode,  # the rollouts' text decoding, for the label count
+    confidence_suffix_ids,
+    cut_completion_ids,
+    rewrite_completion,
+    rewrite_completion_ids,
+    solution_text,
+)
+from caopd.confidence import find_confidence_span
 from caopd.tasks.base import Example
 from caopd.tasks.prompts import teacher_messages
 
@@ -62,10 +73,6 @@ EXAMPLE_COLUMNS = (
     "correct",
     "rewritten",
 )
-
-# What a byte-level decoder shows for an incomplete UTF-8 sequence at the end of a prefix.
-_REPLACEMENT_CHAR = "\ufffd"
-
 
 @dataclass(frozen=True)
 class RewriteConfig:
@@ -122,114 +129,6 @@ class RewriteConfig:
         return cls(**{name: cfg[name] for name in names})
 
 
-# --- token-level completion rewrite --------------------------------------------------------------
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    """``ids`` as text the way rollout texts are made: special tokens skipped, no space clean-up."""
-    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-def _strip_stop_ids(tokenizer: Any, ids: Sequence[int]) -> list[int]:
-    """``ids`` without trailing EOS / pad ids (all of them, if padding repeats)."""
-    stop = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-    kept = [int(i) for i in ids]
-    while kept and kept[-1] in stop:
-        kept.pop()
-    return kept
-
-
-def _longest_prefix(tokenizer: Any, ids: list[int], target: str) -> int:
-    """The largest ``j`` such that ``decode(ids[:j])`` is a prefix of ``target``.
-
-    Precondition: ``decode(ids)`` extends past ``target`` (the label follows it), so ``j <
-    len(ids)``. Binary search on "the decoded prefix, an incomplete trailing UTF-8 character
-    aside, is no longer a prefix of ``target``", which holds from the token that crosses the cut
-    on; then a short step back past prefixes ending inside a multi-byte character. O(log n)
-    decodes; the result always satisfies the property, also for an unusual decoder.
-    """
-    lo, hi = 0, len(ids)  # past(lo) is False, past(hi) is True
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if target.startswith(_decode(tokenizer, ids[:mid]).rstrip(_REPLACEMENT_CHAR)):
-            lo = mid
-        else:
-            hi = mid
-    j = lo
-    while j > 0 and not target.startswith(_decode(tokenizer, ids[:j])):
-        j -= 1
-    return j
-
-
-def _drop_trailing_whitespace_tokens(tokenizer: Any, ids: list[int], j: int) -> int:
-    """The new end after dropping tokens at ``ids[:j]``'s end that add only whitespace."""
-    while j > 0:
-        before, after = _decode(tokenizer, ids[: j - 1]), _decode(tokenizer, ids[:j])
-        if after.startswith(before) and not after[len(before) :].strip():
-            j -= 1
-        else:
-            break
-    return j
-
-
-def cut_completion_ids(tokenizer: Any, completion_ids: Sequence[int]) -> list[int]:
-    """The sampled ids of a completion up to its FIRST confidence label, at the token level.
-
-    Steps: drop trailing EOS / pad ids; decode (special tokens skipped) and find the first label
-    with :func:`caopd.confidence.find_confidence_span`; keep the longest run of leading ids
-    ``ids[:j]`` whose decoding is a prefix of the text before the label (so a token straddling
-    the cut, e.g. ``" Conf"`` after ``"B."``, is dropped); then drop trailing tokens that add
-    only whitespace. A completion without a label keeps all its ids (minus trailing EOS / pad).
-
-    The returned ids are a prefix of ``completion_ids``: they are never decoded and re-encoded,
-    so a non-canonical tokenisation the model sampled survives unchanged.
-    """
-    ids = _strip_stop_ids(tokenizer, completion_ids)
-    text = _decode(tokenizer, ids)
-    span = find_confidence_span(text)
-    if span is None:
-        return ids
-    j = _longest_prefix(tokenizer, ids, text[: span[0]])
-    j = _drop_trailing_whitespace_tokens(tokenizer, ids, j)
-    return ids[:j]
-
-
-def confidence_suffix_ids(tokenizer: Any, p_acc: float, *, newline: bool = True) -> list[int]:
-    """Ids of ``"\\nConfidence: {p_acc:.2f}"`` (without the ``"\\n"`` if ``newline`` is False),
-    encoded on their own (no special tokens added)."""
-    text = ("\n" if newline else "") + "Confidence: " + format_confidence(p_acc)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def rewrite_completion_ids(
-    tokenizer: Any, completion_ids: Sequence[int], p_acc: float
-) -> list[int]:
-    """The CaOPD completion: cut ids + ``"\\nConfidence: {p_acc:.2f}"`` ids + ``[eos]``.
-
-    ``cut ids`` is :func:`cut_completion_ids` (sampled ids, never re-encoded). The suffix is
-    encoded on its own, so the boundary between the kept prefix and the suffix's ``"\\n"`` is a
-    fresh token boundary by construction (the kept prefix ends at a token boundary of the
-    sample, the suffix starts at one of its own encoding). The suffix leaves out its ``"\\n"``
-    when the kept text is empty or already ends with a newline: a tokenizer whose tokens absorb
-    a newline after punctuation (Qwen2's ``">\\n"``) keeps that token, and the label must still
-    start its own line once, not after a blank line. So the rewritten text is always the kept
-    text, one line break, ``Confidence: x``. A completion with no label (e.g. cut by
-    ``max_new_tokens``) keeps all its ids and still gets the suffix.
-
-    Raises:
-        ValueError: ``p_acc`` outside [0, 1] or NaN; the tokenizer has no EOS token.
-    """
-    if tokenizer.eos_token_id is None:
-        raise ValueError(
-            "the tokenizer has no eos_token_id; a rewritten completion must end with EOS"
-        )
-    kept = cut_completion_ids(tokenizer, completion_ids)
-    kept_text = _decode(tokenizer, kept)
-    newline = bool(kept_text) and not kept_text.endswith("\n")
-    suffix = confidence_suffix_ids(tokenizer, p_acc, newline=newline)
-    return kept + suffix + [int(tokenizer.eos_token_id)]
-
-
 # --- prompts -----------------------------------------------------------------------------------
 
 
@@ -238,13 +137,6 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     without adding special tokens (the template writes its own)."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def solution_text(rollout_text: str) -> str:
-    """A verified rollout as shown to the teacher: cut before its first confidence label and
-    right-stripped (the same cut as the completion rewrite)."""
-    span = find_confidence_span(rollout_text)
-    return (rollout_text if span is None else rollout_text[: span[0]]).rstrip()
 
 
 def _left_truncate(ids: list[int], limit: int) -> tuple[list[int], bool]:
@@ -334,7 +226,8 @@ def build_examples(
         ``summary``: ``n_examples``, ``n_prompts`` (with examples), ``n_fallback`` and
         ``n_skipped`` (prompts without a correct rollout in ``correct_solution`` mode),
         ``n_truncated_prompt``, ``n_truncated_teacher_prompt``, ``n_truncated_completion``
-        (examples cut to their limit), ``n_without_label`` (CaOPD completions that had no
+        (examples cut to their limit; a CaOPD completion by shortening its kept prefix, so its
+        suffix and EOS survive), ``n_without_label`` (CaOPD completions that had no
         confidence label and got the suffix appended), ``mean_completion_len`` (None with no
         examples), ``calibration``, ``teacher_mode``, ``fallback``.
 
@@ -432,10 +325,11 @@ def build_examples(
             if config.calibration:
                 if find_confidence_span(_decode(tokenizer, sampled)) is None:
                     counts["n_without_label"] += 1
-                completion = rewrite_completion_ids(tokenizer, sampled, p_acc)
+                completion, completion_cut = rewrite_completion(
+                    tokenizer, sampled, p_acc, config.max_completion_length
+                )
             else:
-                completion = sampled
-            completion, completion_cut = _right_truncate(completion, config.max_completion_length)
+                completion, completion_cut = _right_truncate(sampled, config.max_completion_length)
             counts["n_truncated_prompt"] += cut
             counts["n_truncated_teacher_prompt"] += teacher_cut
             counts["n_truncated_completion"] += completion_cut

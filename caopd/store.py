@@ -11,6 +11,11 @@ Publication is atomic: a job writes into ``results/<stage>/.tmp-<key>-<pid>/`` a
 its key when everything is written, so a job that dies leaves no half-written keyed directory.
 Reading an upstream artifact goes through :func:`verify_artifact`, which checks every file's
 sha256 against the upstream manifest and names the file that does not match.
+
+A directory that is not an artifact but is read back later (a resume checkpoint under
+``results/.work/``) is sealed the same way: :func:`seal` writes ``checksums.json`` (sha256 and
+size of every file) as the last step of writing it, and :func:`verify_sealed` checks it before
+anything is loaded from it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from caopd.plan import canonical_json, sha256_file
 
 MANIFEST = "manifest.json"
 SPEC = "spec.json"
+CHECKSUMS = "checksums.json"
 PROVENANCE_PACKAGES = (
     "caopd",
     "torch",
@@ -65,13 +71,13 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
-def file_table(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"sha256", "size"}}`` of every file under ``directory`` but the manifest."""
+def file_table(directory: str | Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"sha256", "size"}}`` of every file under ``directory`` but ``exclude``."""
     directory = Path(directory)
     table = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         rel = path.relative_to(directory).as_posix()
-        if rel == MANIFEST:
+        if rel in exclude:
             continue
         table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return table
@@ -114,6 +120,43 @@ def verify_artifact(directory: str | Path) -> dict[str, Any]:
         if key != expected_key:
             raise ArtifactError(f"{spec_path}: hashes to key {key}, not to its directory's name {expected_key}")
     return manifest
+
+
+def seal(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """Write ``checksums.json`` (:func:`file_table` of every other file) into ``directory``; call
+    it last, after every file is written. Returns the table."""
+    table = file_table(directory, exclude=(CHECKSUMS,))
+    write_json(Path(directory) / CHECKSUMS, table)
+    return table
+
+
+def verify_sealed(directory: str | Path) -> dict[str, dict[str, Any]]:
+    """Check a :func:`seal`-ed directory before reading it: every file listed, with its size and
+    sha256, and no other file.
+
+    Raises:
+        ArtifactError: naming ``checksums.json`` when it is missing or unreadable, or the first
+            file that is missing, altered or not listed.
+    """
+    directory = Path(directory)
+    path = directory / CHECKSUMS
+    try:
+        recorded = read_json(path)
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: missing or unreadable ({err}); {directory} is not sealed") from None
+    found = file_table(directory, exclude=(CHECKSUMS,))
+    for rel, entry in sorted(recorded.items()):
+        if rel not in found:
+            raise ArtifactError(f"{directory / rel}: listed in {path} but missing")
+        if found[rel] != entry:
+            raise ArtifactError(
+                f"{directory / rel}: sha256 {found[rel]['sha256'][:12]}… (size {found[rel]['size']}) does not "
+                f"match {path} ({entry['sha256'][:12]}…, size {entry['size']}); it changed after it was written"
+            )
+    extra = sorted(set(found) - set(recorded))
+    if extra:
+        raise ArtifactError(f"{directory / extra[0]}: not listed in {path}; it was added after sealing")
+    return recorded
 
 
 def git_commit(root: str | Path) -> str | None:

@@ -118,3 +118,14 @@ def sharp_engine(tiny_model_dir: Path):
             if param.dim() > 1:
                 param.mul_(10.0)
     return eng
+
+
+def publish_for_test(directory: str | Path) -> Path:
+    """Write ``manifest.json`` (sha256 and size of every file) into a hand-built artifact
+    directory, so the readers that verify artifacts (caopd.index, issue 13 row 3) accept it. A
+    ``spec.json`` in it must hash to the directory's name, as in a real run."""
+    from caopd.store import MANIFEST, file_table, write_json
+
+    directory = Path(directory)
+    write_json(directory / MANIFEST, {"files": file_table(directory)})
+    return directory

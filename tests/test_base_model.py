@@ -62,3 +62,53 @@ def test_without_a_stop_loss_the_copy_task_runs_its_steps_unjudged(tmp_path):
     tiny = {**TINY, "warmup": {**TINY["warmup"], "induction_stop_loss": None}}
     result = verify_artifact(_build(tmp_path, tiny))["result"]
     assert result["induction_steps_run"] == 2 and result["induction_converged"] is None
+
+
+def _local_base(root: Path, source: Path) -> Path:
+    from caopd.plan import model_fingerprint
+
+    params = {"seed": 0, "source": str(source), "origin": model_fingerprint(str(source), None)}
+    pre = {"stage": "base_model", "params": params, "code": "test", "upstream": {}}
+    key = hashlib.sha256(canonical_json(pre).encode()).hexdigest()[:16]
+    out = root / "results" / "base_model" / key
+    with open_job(preimage=pre, key=key, seed=0, inputs={}, output=out, root=root) as job:
+        job.result.update(build_base_model(params, job.out, threads=1))
+    return out
+
+
+def test_a_local_model_is_verified_on_every_read(tmp_path, tiny_model_dir, monkeypatch):
+    """Issue 13 row 3: a local model.source is read only as the sha256s it was recorded with."""
+    import shutil
+
+    import pytest
+
+    from caopd.sources import SourceError
+
+    monkeypatch.setenv("CAOPD_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "local_model"
+    shutil.copytree(tiny_model_dir, source)
+    artifact = _local_base(tmp_path, source)
+    assert model_dir(artifact) == source.resolve()
+    weights = next(source.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern flipped
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=rf"{weights.name}: sha256 .* differs .*/model_ref\.json"):
+        model_dir(artifact)
+
+
+def test_a_local_model_changed_after_planning_is_refused(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    import pytest
+
+    from caopd.plan import model_fingerprint
+    from caopd.sources import SourceError
+
+    monkeypatch.setenv("CAOPD_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "local_model"
+    shutil.copytree(tiny_model_dir, source)
+    params = {"seed": 0, "source": str(source), "origin": model_fingerprint(str(source), None)}
+    (source / "config.json").write_text((source / "config.json").read_text() + "\n")
+    with pytest.raises(SourceError, match=r"config\.json: sha256 .* the plan of this key"):
+        build_base_model(params, tmp_path / "out", threads=1)

@@ -17,6 +17,8 @@ from caopd.evaluation.claims import (
     paper_checks,
 )
 
+from conftest import publish_for_test
+
 
 def _m(acc, conf, ece, spr, ci_low=None):
     gap = conf - acc
@@ -135,6 +137,7 @@ def test_reads_a_run_through_its_index(tmp_path, capsys):
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(metrics))
         _answers(answers[variant]).to_parquet(path.parent / "scored.parquet")
+        publish_for_test(path.parent)  # the readers verify the artifact they read
         (index / f"{variant}.json").write_text(json.dumps(
             {"variant": variant, "stages": [], "metrics": f"results/evaluate/{variant}/metrics.json"}))
     assert metrics_from_index(index)["caopd"]["spr"] == 0.40

@@ -153,3 +153,61 @@ def test_python_dash_m(science_case, tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+# --- issue 13 rows 6 and 10: bad input exits 2 naming the file and line; JSON arguments -------
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        pytest.param(
+            json.dumps({"response": "<answer>A</answer>", "answer": "A"}).encode() + b"\n"
+            + b'{"response": "caf\xe9", "answer": "A"}\n',
+            "line 2: byte 0xe9 at column 18 is not UTF-8", id="latin1-byte"),
+        pytest.param(
+            b"\xef\xbb\xbf" + json.dumps({"response": "<answer>A</answer>", "answer": "A"}).encode(),
+            "line 1: starts with a UTF-8 byte-order mark", id="bom"),
+        pytest.param(
+            b"\xef\xbb\xbf" + json.dumps([{"response": "<answer>A</answer>", "answer": "A"}]).encode(),
+            "line 1: starts with a UTF-8 byte-order mark", id="bom-json-list"),
+        pytest.param(
+            json.dumps({"response": "<answer>A</answer>", "answer": "A"}).encode() + b"\n"
+            + json.dumps({"response": "<answer>A</answer>", "answer": "Z"}).encode() + b"\n",
+            "line 2: the ground truth is not a valid answer for task 'science'", id="Z-for-science"),
+        pytest.param(
+            json.dumps({"response": "Action: getX", "golden_answer": [
+                {"Action": "getX", "Action_Input": "{}"}]}).encode() + b"\n",
+            "line 1: the ground truth is not a valid answer for task 'science'", id="tool-call-for-science"),
+    ],
+)
+def test_bad_input_exits_2_naming_file_and_line(tmp_path, capsys, content, needle):
+    path = tmp_path / "preds.jsonl"
+    path.write_bytes(content)
+    assert main(["evaluate", str(path), "--task", "science", "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} {needle}" in err, err
+    assert "Traceback" not in err
+
+
+def test_a_science_letter_is_no_tool_call(tmp_path, capsys):
+    path = tmp_path / "preds.jsonl"
+    path.write_text(json.dumps({"response": "Action: getX\nAction Input: {}", "answer": "B"}) + "\n")
+    assert main(["evaluate", str(path), "--task", "tooluse", "--bootstrap", "0"]) == 2
+    assert f"{path} line 1: the ground truth is not a valid answer for task 'tooluse'" in capsys.readouterr().err
+
+
+def test_tool_arguments_compare_as_json_whatever_their_form(tmp_path, capsys):
+    """Row 10: a golden Action_Input given as a JSON object scores a right call right."""
+    response = 'Action: getWeather\nAction Input: {"city": "Paris", "unit": "C"}\nConfidence: 0.8'
+    goldens = [
+        {"Action": "getWeather", "Action_Input": {"unit": "C", "city": "Paris"}},  # an object
+        {"Action": "getWeather", "Action_Input": '{"unit": "C", "city": "Paris"}'},  # JSON text
+        {"Action": "getWeather", "Action_Input": json.dumps('{"unit": "C", "city": "Paris"}')},  # twice
+    ]
+    path = tmp_path / "tool.jsonl"
+    path.write_text("".join(json.dumps({"response": response, "golden_answer": [g]}) + "\n" for g in goldens))
+    assert main(["evaluate", str(path), "--task", "tooluse", "--bootstrap", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+    _, truths, _ = load_predictions(path, task="tooluse")
+    assert len(set(truths)) == 1

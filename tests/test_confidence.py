@@ -27,6 +27,13 @@ PARSE_TABLE: list[tuple[str, str, float | None]] = [
     ("level_upper", "CONFIDENCE LEVEL: 0.7", 0.7),
     ("score_equals", "confidence score = 0.7", 0.7),
     ("score", "Confidence Score: 0.35", 0.35),
+    # --- a parenthetical scale after the label (issue 13 row 11: the instruction's own wording)
+    ("level_paren_scale", "Confidence level (0.0-1.0): 0.8", 0.8),
+    ("paren_scale", "Confidence (0-1): 0.8", 0.8),
+    ("paren_percent_bold", "**Confidence (0-100%):** 85%", 0.85),
+    ("bracket_scale", "Confidence [0-1] = 0.3", 0.3),
+    ("score_paren_words", "confidence score (out of 1): 0.9", 0.9),
+    ("paren_without_colon", "Confidence level (0.0-1.0) is high", None),
     # --- markdown emphasis around the label
     ("bold_colon_inside", "**Confidence:** 0.85", 0.85),
     ("bold_colon_outside", "**Confidence**: 0.85", 0.85),
@@ -194,16 +201,31 @@ def test_find_confidence_span_single_label(text: str, label: str) -> None:
     assert start == text.index(label)
 
 
-def test_find_confidence_span_is_first_label() -> None:
+def test_find_confidence_span_is_last_label() -> None:
     text = "I have confidence here.\n" + RESPONSE + "**Confidence:** 0.2\nConfidence: 0.9"
     span = find_confidence_span(text)
     assert span is not None
     start, _ = span
-    assert text[:start] == "I have confidence here.\n" + RESPONSE
-    # cutting there and appending a fresh line is what the rewrite stage does
+    assert text[:start] == "I have confidence here.\n" + RESPONSE + "**Confidence:** 0.2\n"
+    # replacing from there with a fresh line is what the rewrite stage does
     rewritten = text[:start] + "Confidence: " + format_confidence(0.375)
     assert parse_confidence(rewritten) == 0.38
     assert find_confidence_span(rewritten) == (start, start + len("Confidence:"))
+
+
+def test_an_earlier_mention_is_kept() -> None:
+    """Issue 13 row 8: the parser reads the last label, so only the last label is replaced."""
+    text = "I have low confidence: 47 + 85 = 132(B)\n<answer>B</answer>\nConfidence: 0.9"
+    start, _ = find_confidence_span(text)
+    assert text[:start] == "I have low confidence: 47 + 85 = 132(B)\n<answer>B</answer>\n"
+    assert parse_confidence(text) == 0.9
+
+
+def test_parenthetical_label_is_found() -> None:
+    """Issue 13 row 11: the label with the scale is a label for the parser and the locator."""
+    text = RESPONSE + "Confidence level (0.0-1.0): 0.8"
+    assert parse_confidence(text) == 0.8
+    assert find_confidence_span(text) == (len(RESPONSE), len(text) - len(" 0.8"))
 
 
 @pytest.mark.parametrize("text", ["", RESPONSE, "I have confidence in this.", "overconfidence: 1"])
@@ -215,14 +237,16 @@ def test_find_confidence_span_none(text: str) -> None:
 @pytest.mark.parametrize(
     "text", [pytest.param(text, id=name) for name, text, _ in PARSE_TABLE]
 )
-def test_cutting_before_first_label_keeps_the_parse(text: str) -> None:
-    """Every label lies at or after the first one, so the suffix from there parses the same."""
+def test_cutting_before_the_last_label_keeps_the_parse(text: str) -> None:
+    """The parser reads the last label, so the suffix from there parses the same, and the
+    prefix before it holds no label after it."""
     span = find_confidence_span(text)
     if span is None:
         assert parse_confidence(text) is None
     else:
         assert parse_confidence(text[span[0] :]) == parse_confidence(text)
-        assert parse_confidence(text[: span[0]]) is None
+        rest = find_confidence_span(text[: span[0]])
+        assert rest is None or rest[1] <= span[0]
 
 
 def test_module_doctests() -> None:

@@ -97,3 +97,89 @@ def test_variants_override_only_what_they_name():
     resolved = load_file(DEFAULT)
     sdft, caopd = resolved["variants"]["sdft"], resolved["variants"]["caopd"]
     assert {k: v for k, v in sdft.items() if k != "rewrite"} == {k: v for k, v in caopd.items() if k != "rewrite"}
+
+
+# --- issue 13 row 5: what used to pass -n and fail in a job is refused at load ----------------
+
+
+def _science_dirs(tmp_path: Path) -> dict:
+    for split in ("train", "eval"):
+        (tmp_path / split).mkdir()
+    return {"train": str(tmp_path / "train"), "eval": str(tmp_path / "eval")}
+
+
+def test_a_float_where_an_integer_belongs_is_refused():
+    with pytest.raises(ConfigError, match=r"key 'rollouts\.k': 8\.0 is not of type 'integer'"):
+        resolve(deep_merge(_raw(), {"rollouts": {"k": 8.0}}))
+    with pytest.raises(ConfigError, match=r"variant 'caopd': key 'distill\.epochs'"):
+        raw = _raw()
+        raw["variants"]["caopd"] = {"distill": {"epochs": 2.0}}
+        resolve(raw)
+
+
+def test_a_missing_model_path_is_refused_at_load():
+    with pytest.raises(ConfigError, match=r"key 'model\.source': '/nonexistent/path' does not exist"):
+        resolve(deep_merge(_raw(), {"model": {"source": "/nonexistent/path"}}))
+
+
+def test_a_hub_id_must_be_in_the_local_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ConfigError, match=r"key 'model\.source': .*not in the local Hugging Face cache"):
+        resolve(deep_merge(_raw(), {"model": {"source": "Qwen/Qwen3-8B"}}))
+    # the same id, once in the cache, resolves (and its snapshot's commit enters the key)
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "refs").mkdir()
+    (tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "refs" / "main").write_text("c" * 40)
+    resolved = resolve(deep_merge(_raw(), {"model": {"source": "Qwen/Qwen3-8B"}}))
+    from caopd.plan import model_fingerprint
+
+    assert resolved["variants"]["caopd"]["model"]["source"] == "Qwen/Qwen3-8B"
+    assert model_fingerprint("Qwen/Qwen3-8B", None)["commit"] == "c" * 40
+
+
+def test_a_model_directory_needs_its_config(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'model\.source': .*no config\.json"):
+        resolve(deep_merge(_raw(), {"model": {"source": str(tmp_path)}}))
+
+
+def test_science_paths_are_checked_at_load(tmp_path):
+    paths = _science_dirs(tmp_path)
+    ok = resolve(deep_merge(_raw(), {"task": {"name": "science", "paths": paths}}))
+    assert ok["variants"]["caopd"]["task"]["paths"]["train"] == paths["train"]
+    missing_eval = {**paths, "eval": str(tmp_path / "no_such_eval")}
+    with pytest.raises(ConfigError, match=r"key 'task\.paths\.eval': .*no_such_eval' does not exist"):
+        resolve(deep_merge(_raw(), {"task": {"name": "science", "paths": missing_eval}}))
+    # no train path: refused where a variant trains, fine where none does
+    no_train = {"task": {"name": "science", "paths": {"eval": paths["eval"]}}}
+    with pytest.raises(ConfigError, match=r"variant 'sdft': key 'task\.paths\.train' is required"):
+        resolve(deep_merge(_raw(), no_train))
+    only_eval = deep_merge(_raw(), {**no_train, "distill": {"rounds": 0}})
+    only_eval["variants"] = {"base": {}}
+    assert resolve(only_eval)["variants"]["base"]["distill"]["rounds"] == 0
+
+
+def test_arith_refuses_data_paths(tmp_path):
+    with pytest.raises(ConfigError, match=r"key 'task\.paths\.train' is set, but task 'arith' generates"):
+        resolve(deep_merge(_raw(), {"task": {"paths": {"train": str(tmp_path)}}}))
+
+
+def test_snakemake_dry_run_refuses_a_config_that_cannot_run(tmp_path):
+    """Row 5 through the workflow: ``snakemake -n`` fails at parse time naming the key, instead
+    of planning jobs that fail hours later."""
+    import subprocess
+    import sys
+
+    cfg = deep_merge(_raw(), {"model": {"source": "/nonexistent/path"}, "rollouts": {"k": 8}})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(path), "--cores", "1"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode != 0
+    assert "key 'model.source': '/nonexistent/path' does not exist" in done.stdout + done.stderr

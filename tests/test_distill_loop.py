@@ -415,3 +415,34 @@ def test_two_rounds_carry_optimizer_and_schedule(tiny_model_dir: Path, examples1
             make_params(sizes, 2), examples7, tmp_path / "r2" / "student", tmp_path / "r3",
             teacher_dir=tmp_path / "r2" / "teacher", state_dir=tmp_path / "r2" / "state",
         )
+
+
+def test_a_checkpoint_with_flipped_bits_is_refused(tiny_model_dir: Path, examples11: Path, tmp_path: Path) -> None:
+    from caopd.store import ArtifactError
+
+    params = make_params([11])
+
+    def kill(row):
+        raise Killed
+
+    with pytest.raises(Killed):
+        distill(params, examples11, tiny_model_dir, tmp_path / "a", on_step=lambda r: r["step"] == 3 and kill(r))
+    optimizer = next((tmp_path / "a.work").glob("step-*/state/optimizer.pt"))
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    optimizer.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="optimizer.pt"):
+        distill(params, examples11, tiny_model_dir, tmp_path / "a")
+
+
+def test_rng_state_round_trips_through_a_tensors_only_load(tmp_path: Path) -> None:
+    import random as pyrandom
+
+    from caopd.training.state import capture_rng, restore_rng
+
+    pyrandom.seed(3), np.random.seed(4), torch.manual_seed(5)
+    torch.save(capture_rng(), tmp_path / "rng.pt")
+    expected = (pyrandom.random(), np.random.rand(), torch.rand(1).item())
+    pyrandom.seed(0), np.random.seed(0), torch.manual_seed(0)
+    restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert (pyrandom.random(), np.random.rand(), torch.rand(1).item()) == expected

@@ -9,6 +9,8 @@ import pytest
 
 from caopd.evaluation.greedy_reading import level_reading_metrics, greedy_by_level, greedy_decode, main, report
 
+from conftest import publish_for_test
+
 
 def test_a_point_mass_is_read_as_itself():
     assert greedy_decode(["0.75"] * 3) == "0.75"
@@ -109,6 +111,8 @@ def test_report_reads_a_run_through_its_index(tmp_path, capsys):
         json.dumps({"overconfidence_gap": -0.1, "ece": 0.2, "spr": 0.3, "n_bins": 10}))
     (tmp_path / "results" / "evaluate" / "s").mkdir()
     (tmp_path / "results" / "evaluate" / "s" / "metrics.json").write_text(json.dumps({"ece": 0.4, "spr": 0.05}))
+    for artifact in ("targets/k", "evaluate/k", "evaluate/s"):
+        publish_for_test(tmp_path / "results" / artifact)  # the readers verify the artifact they read
     stages = [{"stage": "targets", "path": "results/targets/k"}, {"stage": "evaluate", "path": "results/evaluate/k"}]
     (index / "caopd.json").write_text(json.dumps({"metrics": "results/evaluate/k/metrics.json", "stages": stages}))
     (index / "sdft.json").write_text(json.dumps({"metrics": "results/evaluate/s/metrics.json", "stages": []}))

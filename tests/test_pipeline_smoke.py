@@ -1,13 +1,17 @@
 """The whole DAG on the CI smoke config (config/smoke.yaml): three variants end to end.
 
 Runs ``snakemake --cores 2`` in a temporary working directory (a few minutes on 2 cores), then
-checks the index of every variant, every manifest, the metrics, the sharing of artifacts between
-variants, and that a second call has nothing to do.
+checks what config/smoke.yaml says it exercises: exactly its three variants, the index of each,
+every manifest, the metrics, the sharing of artifacts between variants, the EMA teacher moving,
+rewrites with non-zero targets ending in EOS; and that a second call, from a moved checkout
+with another tracking URI, has nothing to do (issue 13 rows 1 and 7).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +25,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 HEADLINE = ("accuracy", "mean_confidence", "overconfidence_gap", "ece", "brier", "spr", "auroc")
 
 
-def _snakemake(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(ROOT / "config" / "smoke.yaml"), "--cores", "2", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+def _snakemake(workdir: Path, *extra: str, root: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "--snakefile", str(root / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(root / "config" / "smoke.yaml"), "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,14 @@ def smoke_run(tmp_path_factory) -> Path:
         logs = "\n".join(p.read_text()[-3000:] for p in sorted((workdir / "logs").rglob("*.log"))[-3:])
         pytest.fail(f"snakemake failed:\n{done.stderr[-6000:]}\n--- last logs ---\n{logs}")
     return workdir
+
+
+@pytest.mark.slow
+def test_the_smoke_config_runs_alone(smoke_run):
+    """Row 7: a --configfile is the whole config: the smoke run's three variants and no others."""
+    assert sorted(p.stem for p in (smoke_run / "results" / "index").glob("*.json")) == ["base", "caopd", "sdft"]
+    spec = json.loads(next((smoke_run / "results" / "distill").glob("*/spec.json")).read_text())
+    assert spec["params"]["distill"]["teacher"] == "ema"
 
 
 @pytest.mark.slow
@@ -91,6 +103,47 @@ def test_rewrite_examples_differ_as_designed(smoke_run):
     assert not sdft["rewritten"].any() and caopd["rewritten"].all()
 
 
+def _stage_paths(run: Path, variant: str, stage: str) -> list[Path]:
+    index = json.loads((run / "results" / "index" / f"{variant}.json").read_text())
+    return [run / e["path"] for e in index["stages"] if e["stage"] == stage]
+
+
+@pytest.mark.slow
+def test_caopd_rewrites_carry_nonzero_targets_and_end_in_eos(smoke_run):
+    """Row 7: the warm-up answers sometimes, so P_acc > 0 somewhere and the rewrite writes it."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    (base,) = _stage_paths(smoke_run, "caopd", "base_model")
+    tok = AutoTokenizer.from_pretrained(base / "model")
+    rows = pd.concat([pd.read_parquet(p / "examples.parquet") for p in _stage_paths(smoke_run, "caopd", "rewrite")])
+    assert (rows["p_acc"] > 0).any(), "no rollout of either round was right: the rewrite only wrote 0.00"
+    for ids, start, p_acc in zip(rows["student_input_ids"], rows["student_prompt_len"], rows["p_acc"]):
+        ids = [int(i) for i in ids]
+        assert ids[-1] == tok.eos_token_id
+        text = tok.decode(ids[start:], skip_special_tokens=True)
+        assert text.endswith(f"Confidence: {p_acc:.2f}") and text.count("Confidence:") >= 1
+
+
+@pytest.mark.slow
+def test_the_ema_teacher_moves_every_round(smoke_run):
+    """Row 7: with the EMA teacher, each round's teacher differs from the model it started from
+    (a frozen teacher would equal the base model) and from the student."""
+    import torch
+    from safetensors.torch import load_file
+
+    def weights(directory: Path) -> dict:
+        return load_file(next(directory.glob("*.safetensors")))
+
+    (base,) = _stage_paths(smoke_run, "caopd", "base_model")
+    previous_teacher = weights(base / "model")
+    for distill in _stage_paths(smoke_run, "caopd", "distill"):
+        teacher, student = weights(distill / "teacher"), weights(distill / "student")
+        assert any(not torch.equal(teacher[k], previous_teacher[k]) for k in teacher), distill
+        assert any(not torch.equal(teacher[k], student[k]) for k in teacher), distill
+        previous_teacher = teacher
+
+
 @pytest.mark.slow
 def test_figures_and_comparison_exist(smoke_run):
     table = (smoke_run / "results" / "compare" / "metrics.tsv").read_text().splitlines()
@@ -106,3 +159,28 @@ def test_a_second_call_has_nothing_to_do(smoke_run):
     done = _snakemake(smoke_run, "-n")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_moved_checkout_and_another_tracking_uri_plan_nothing(smoke_run, tmp_path):
+    """Row 1: a copy of the finished run (cp -a) driven from a fresh copy of the checkout (new
+    mtimes, as a clone has) with another MLFLOW_TRACKING_URI plans 0 jobs, and runs none."""
+    checkout = tmp_path / "checkout"
+    for name in ("Snakefile", "caopd", "workflow", "config", "profiles"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, checkout / name, copy_function=shutil.copy,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            checkout.mkdir(exist_ok=True)
+            shutil.copy(source, checkout / name)
+    run = tmp_path / "run2"
+    shutil.copytree(smoke_run, run, symlinks=True)  # copy2: mtimes kept, as cp -a
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}",
+           "PYTHONPATH": str(checkout)}
+    done = _snakemake(run, "-n", root=checkout, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing to be done" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    done = _snakemake(run, root=checkout, env=env)
+    assert done.returncode == 0 and "Nothing to be done" in done.stdout + done.stderr
+    assert not (tmp_path / "elsewhere").exists()  # nothing ran, nothing was logged

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from caopd.config import deep_merge, resolve
-from caopd.plan import COMPARE_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
+from caopd.plan import COMPARE_CODE, INDEX_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -127,11 +127,34 @@ def test_compare_code_exists_and_reaches_the_rule():
     assert "code=COMPARE_FINGERPRINT" in rule.split("rule compare:")[1]
 
 
+def test_index_code_exists_and_reaches_the_rule():
+    for entry in INDEX_CODE:
+        assert (ROOT / entry).is_file(), f"index: {entry} does not exist"
+    rule = (ROOT / "workflow" / "rules" / "plots.smk").read_text()
+    assert "code=INDEX_FINGERPRINT" in rule.split("rule index:")[1].split("rule compare:")[0]
+
+
+def test_where_a_job_runs_is_no_param_or_input():
+    """Issue 13 row 1 (the smoke test runs the moved copy): no rule takes the checkout's path or
+    the tracking URI as a param or input, and the profiles drop the mtime-based code trigger."""
+    import re
+
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
+    for params in re.findall(r"params:\n((?:        .*\n)+)", text):
+        assert "workflow.basedir" not in params and "root=" not in params and "TRACKING" not in params
+    assert "TRACKING" not in text and "tracking.json" not in text
+    for profile in ("profiles/default/config.yaml", "workflow/profiles/slurm/config.yaml"):
+        triggers = yaml.safe_load((ROOT / profile).read_text())["rerun-triggers"]
+        assert "code" not in triggers and {"params", "input", "mtime"} <= set(triggers), profile
+
+
 def test_raw_data_files_enter_the_data_key(tmp_path):
     data = tmp_path / "eval"
     data.mkdir()
     (data / "rows.arrow").write_bytes(b"one")
-    cfg = {"task": {"name": "science", "paths": {"eval": str(data)}}}
+    train = tmp_path / "train"
+    train.mkdir()
+    cfg = {"task": {"name": "science", "paths": {"train": str(train), "eval": str(data)}}}
     first = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
     (data / "rows.arrow").write_bytes(b"two")
     second = _keys(build_plan(_config(**cfg), ROOT), "base")[("prepare_data", None)]
@@ -185,3 +208,25 @@ def test_online_refuses_a_step_of_partial_prompt_groups_and_vllm():
     raw["rollouts"] = {**raw["rollouts"], "engine": "vllm"}
     with pytest.raises(ConfigError, match="hf engine"):
         resolve(raw)
+
+
+def test_local_model_weights_enter_the_key_by_content(tmp_path, monkeypatch):
+    """Issue 13 row 3: same-size weights with the old mtime used to keep the key; the sha256 of
+    every file is in it now (a cached digest is revalidated by inode, size, mtime and ctime)."""
+    import os
+
+    monkeypatch.setenv("CAOPD_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"A" * 64)
+    cfg = {"model": {"source": str(model)}}
+    first = _keys(build_plan(_config(**cfg), ROOT), "caopd")
+    assert first == _keys(build_plan(_config(**cfg), ROOT), "caopd")  # from the cache: same key
+    stat = weights.stat()
+    weights.write_bytes(b"B" * 64)  # same size ...
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the old mtime
+    second = _keys(build_plan(_config(**cfg), ROOT), "caopd")
+    assert second[("base_model", None)] != first[("base_model", None)]
+    assert second[("prepare_data", None)] == first[("prepare_data", None)]

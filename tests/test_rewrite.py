@@ -17,8 +17,10 @@ from caopd.rewrite import (
     chat_ids,
     cut_completion_ids,
     read_examples,
+    rewrite_completion,
     rewrite_completion_ids,
     run_rewrite,
+    solution_text,
 )
 from caopd.rollouts.engine import RolloutRecord
 from caopd.targets import compute_targets
@@ -389,10 +391,55 @@ def test_teacher_prompt_has_its_own_limit(tok):
     assert row["student_input_ids"][: row["student_prompt_len"]] == student_full
     assert summary["n_truncated_prompt"] == 0 and summary["n_truncated_teacher_prompt"] == 1
 
-    # the completion keeps its first ids
-    (row,), summary = _build(tok, [example], rollouts, max_completion_length=5)
-    assert _parts(tok, row)[1] == rewrite_completion_ids(tok, ids, 0.0)[:5]
+    # the completion keeps its first ids, and its suffix and EOS
+    suffix = _enc(tok, f"\nConfidence: {full['p_acc']:.2f}") + [tok.eos_token_id]
+    limit = len(suffix) + 5
+    (row,), summary = _build(tok, [example], rollouts, max_completion_length=limit)
+    full = rewrite_completion_ids(tok, ids, full["p_acc"])
+    assert _parts(tok, row)[1] == full[:5] + suffix
     assert summary["n_truncated_completion"] == 1
+
+
+# --- issue 13: the last label, the length cap, the parenthetical label ---------------------------
+
+
+def test_only_the_last_label_is_replaced(tok):
+    """Row 8: an earlier "confidence:" in the work must not cut the work and the answer away."""
+    body = "I have low confidence: 47 + 85 = 132(B)\n<answer>B</answer>"
+    ids = _enc(tok, body + "\nConfidence: 0.9") + [tok.eos_token_id]
+    assert _dec(tok, rewrite_completion_ids(tok, ids, P)) == body + "\nConfidence: 0.38"
+    assert solution_text(body + "\nConfidence: 0.9") == body
+
+
+def test_the_suffix_and_eos_survive_the_length_cap(tok):
+    """Row 9: a length-capped rollout with no label, at max_new_tokens 40 and
+    max_completion_length 48: 40 ids + suffix + EOS would be 49; the prefix gives way."""
+    example, body, _ = _arith_case()
+    ids = (_per_char(tok, body) * 3)[:40]  # 40 sampled ids, cut by max_new_tokens: no label
+    suffix = _enc(tok, "\nConfidence: 0.62") + [tok.eos_token_id]
+    assert len(ids) + len(suffix) > 48  # precondition: the default run's case
+    completion, shortened = rewrite_completion(tok, ids, 0.625, max_length=48)
+    assert shortened and len(completion) == 48
+    assert completion[-len(suffix):] == suffix and completion[-1] == tok.eos_token_id
+    assert completion[: 48 - len(suffix)] == ids[: 48 - len(suffix)]
+    (row,), summary = _build(
+        tok, [example], [_record(tok, example, 0, ids)], max_completion_length=48
+    )
+    student = row["student_input_ids"]
+    assert row["completion_len"] == 48 and student[-1] == tok.eos_token_id
+    assert row["teacher_input_ids"][-1] == tok.eos_token_id
+    assert summary["n_truncated_completion"] == 1
+    with pytest.raises(ValueError, match="max_completion_length"):
+        rewrite_completion(tok, ids, 0.625, max_length=len(suffix) - 2)
+
+
+def test_a_parenthetical_label_is_replaced_not_doubled(tok):
+    """Row 11: ``Confidence level (0.0-1.0): 0.8`` is the label; no second line is appended."""
+    body = "47 + 85 = 132(B)\n<answer>B</answer>"
+    ids = _enc(tok, body + "\nConfidence level (0.0-1.0): 0.8") + [tok.eos_token_id]
+    text = _dec(tok, rewrite_completion_ids(tok, ids, P))
+    assert text == body + "\nConfidence: 0.38"
+    assert text.lower().count("confidence") == 1
 
 
 # --- errors --------------------------------------------------------------------------------------

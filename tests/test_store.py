@@ -37,7 +37,7 @@ def _publish(root: Path, content: bytes = b"hello", stage: str = "toy", upstream
 def test_publication_writes_spec_and_manifest(tmp_path):
     out = _publish(tmp_path)
     manifest = verify_artifact(out)
-    assert set(manifest["files"]) == {"spec.json", "sub/data.bin"}
+    assert set(manifest["files"]) == {"spec.json", "tracking.json", "sub/data.bin"}
     assert manifest["files"]["sub/data.bin"]["size"] == 5
     assert manifest["result"] == {"n": 1}
     assert manifest["seed"] == 1  # the draw the job was given, for provenance
@@ -136,3 +136,28 @@ def test_a_stage_whose_code_changed_after_planning_refuses_to_run(tmp_path):
     (tree / "caopd" / "targets.py").write_text((tree / "caopd" / "targets.py").read_text() + "\n# edited\n")
     with pytest.raises(StaleCodeError, match="targets"):
         check_code_unchanged(pre, tree)
+
+
+def test_a_sealed_checkpoint_with_flipped_bits_is_refused(tmp_path):
+    """Issue 13 row 3: what a resume reads is verified first (caopd.store.seal / verify_sealed)."""
+    from caopd.store import ArtifactError, seal, verify_sealed
+
+    ckpt = tmp_path / "step-00000004"
+    (ckpt / "state").mkdir(parents=True)
+    (ckpt / "state" / "optimizer.pt").write_bytes(bytes(range(64)))
+    (ckpt / "student.safetensors").write_bytes(b"w" * 32)
+    table = seal(ckpt)
+    assert verify_sealed(ckpt) == table and set(table) == {"state/optimizer.pt", "student.safetensors"}
+    data = bytearray((ckpt / "state" / "optimizer.pt").read_bytes())
+    data[10] ^= 0x01  # one flipped bit, same size
+    (ckpt / "state" / "optimizer.pt").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"state/optimizer\.pt: sha256 .* does not match .*checksums\.json"):
+        verify_sealed(ckpt)
+    (ckpt / "state" / "optimizer.pt").write_bytes(bytes(range(64)))
+    (ckpt / "extra.pt").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match=r"extra\.pt: not listed"):
+        verify_sealed(ckpt)
+    (ckpt / "extra.pt").unlink()
+    (ckpt / "checksums.json").unlink()
+    with pytest.raises(ArtifactError, match=r"checksums\.json: missing"):
+        verify_sealed(ckpt)

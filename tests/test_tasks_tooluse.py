@@ -239,3 +239,23 @@ def test_load_splits_caps_eval():
     splits = ToolUseTask().load_splits(options, seed=0)
     assert splits["train"] == [] and splits["val"] == []
     assert [e.id for e in splits["eval"]] == [f"tooluse-eval-{i:06d}" for i in range(10)]
+
+
+def test_arguments_compare_as_parsed_json_wherever_they_come_from():
+    """Issue 13 row 10: a golden Action_Input as an object, as JSON text or JSON-encoded twice."""
+    import json as _json
+
+    from caopd.tasks.tooluse import ToolUseTask, normalise_arguments
+
+    task = ToolUseTask()
+    completion = 'Action: getWeather\nAction Input: {"city": "Paris", "unit": "C"}'
+    args = {"unit": "C", "city": "Paris"}
+    for given in (args, _json.dumps(args), _json.dumps(_json.dumps(args))):
+        golden = [{"Action": "getWeather", "Action_Input": given}]
+        assert task.verify(completion, _json.dumps(golden))  # the verifier itself
+        assert task.verify(completion, task.ground_truth(golden))  # through the canonical form
+        assert normalise_arguments(given) == '{"city":"Paris","unit":"C"}'
+    quoted = 'Action: getWeather\nAction Input: "{\\"city\\": \\"Paris\\", \\"unit\\": \\"C\\"}"'
+    assert task.verify(quoted, _json.dumps([{"Action": "getWeather", "Action_Input": args}]))
+    assert not task.verify(completion, _json.dumps([{"Action": "getWeather", "Action_Input": {"city": "Rome", "unit": "C"}}]))
+    assert normalise_arguments("not json") is None

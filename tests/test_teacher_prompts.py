@@ -44,7 +44,8 @@ def _science() -> Example:
         "<reasoning>\nThe ester hydrolyses to the acid.\n</reasoning>\n<answer>\n"
         f"{example.ground_truth}\n</answer>\nConfidence: 1.00"
     )
-    return dataclasses.replace(example, demonstration=demo)
+    # as the loader does with output_text: the demonstration's confidence line is cut once
+    return dataclasses.replace(example, demonstration=strip_confidence(demo))
 
 
 def _tooluse() -> Example:
@@ -55,7 +56,7 @@ def _tooluse() -> Example:
         "Thought: I need a random image.\nAction: getRandomAxolotlImage\nAction Input: {}\n"
         "**Confidence:** 0.9"
     )
-    return dataclasses.replace(example, demonstration=demo)
+    return dataclasses.replace(example, demonstration=strip_confidence(demo))
 
 
 TASK_PARAMS = [
@@ -116,7 +117,9 @@ def test_caopd_demo_mode_three_replacements(build):
 @pytest.mark.parametrize("build", TASK_PARAMS)
 def test_correct_solution_mode_uses_the_solution(build):
     example = build()
-    solution = "A verified rollout.\n<answer>B</answer>\nConfidence: 0.99"
+    from caopd.rewrite import solution_text
+
+    solution = solution_text("A verified rollout.\n<answer>B</answer>\nConfidence: 0.99")
     sdft = _last_user(
         teacher_messages(example, mode="correct_solution", p_acc=None, solution=solution)
     )
@@ -142,7 +145,8 @@ def test_errors():
     empty = dataclasses.replace(example, demonstration="")
     with pytest.raises(ValueError, match=example.id):
         teacher_messages(empty, mode="demo", p_acc=0.5)
-    only_confidence = dataclasses.replace(example, demonstration="Confidence: 0.9")
+    # a demonstration that is only a confidence line is empty once loaded (strip_confidence)
+    only_confidence = dataclasses.replace(example, demonstration=strip_confidence("Confidence: 0.9"))
     with pytest.raises(ValueError, match=example.id):
         teacher_messages(only_confidence, mode="demo", p_acc=None)
     with pytest.raises(ValueError, match="mode"):
@@ -195,8 +199,24 @@ def test_note_and_instruction():
         ("answer\n\n", "answer"),
         ("I have low confidence: maybe\nanswer", "I have low confidence: maybe\nanswer"),
         ("Confidence: 1.00", ""),
-        ("a\nConfidence: 0.1\nb\nConfidence: 0.2", "a"),
+        # only the last label goes: an earlier confidence line (reasoning, <think>) stays
+        ("a\nConfidence: 0.1\nb\nConfidence: 0.2", "a\nConfidence: 0.1\nb"),
+        ("<think>\nConfidence: low, check\n</think>\nanswer\nConfidence: 0.9",
+         "<think>\nConfidence: low, check\n</think>\nanswer"),
+        ("answer\nConfidence level (0.0-1.0): 0.8", "answer"),
     ],
 )
 def test_strip_confidence(text, expected):
     assert strip_confidence(text) == expected
+    assert strip_confidence(expected) == expected or "Confidence" in expected
+
+
+def test_teacher_keeps_an_earlier_mention_of_confidence():
+    """Issue 13 row 8, the teacher's side: the demonstration and solution are shown whole."""
+    example = _arith()
+    thought = "<think>\nConfidence: low, so check: 47 + 85 = 132\n</think>\n<answer>B</answer>"
+    shown = dataclasses.replace(example, demonstration=thought)
+    user = _last_user(teacher_messages(shown, mode="demo", p_acc=0.38))
+    assert f"{thought}\nConfidence: 0.38\n\n" in user
+    user = _last_user(teacher_messages(example, mode="correct_solution", p_acc=0.5, solution=thought))
+    assert f"Correct solution:\n{thought}\nConfidence: 0.50\n\n" in user

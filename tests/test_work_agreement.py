@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 
 from caopd.data import write_split
 from caopd.evaluation.work_agreement import agreement, main, variant_agreement
+from caopd.plan import canonical_json
 from caopd.rollouts.engine import RolloutRecord, write_rollouts
 from caopd.tasks import arith
 from caopd.tasks.arith import response, work_line
+
+from conftest import publish_for_test
 
 
 def _example():
@@ -62,16 +66,19 @@ def test_variant_agreement_reads_a_run_through_its_index(tmp_path, capsys):
     data = tmp_path / "results" / "prepare_data" / "d"
     data.mkdir(parents=True)
     write_split(data / "eval.jsonl", [ex])
-    roll = tmp_path / "results" / "eval_rollouts" / "r"
+    spec = {"params": {"split": "eval"}}
+    roll = tmp_path / "results" / "eval_rollouts" / hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:16]
     roll.mkdir(parents=True)
-    (roll / "spec.json").write_text(json.dumps({"params": {"split": "eval"}}))
+    (roll / "spec.json").write_text(json.dumps(spec))
     text = response(ex, answer_letter=ex.ground_truth, confidence=0.5)
     write_rollouts([RolloutRecord(prompt_id=ex.id, sample_index=0, prompt_token_ids=[1], completion_token_ids=[2],
                                   text=text, finish_reason="stop", seed=0)], roll / "rollouts.parquet")
+    publish_for_test(data)  # the readers verify the artifacts they read
+    publish_for_test(roll)
     index = tmp_path / "results" / "index"
     index.mkdir()
     stages = [{"stage": "prepare_data", "path": "results/prepare_data/d"},
-              {"stage": "eval_rollouts", "path": "results/eval_rollouts/r"}]
+              {"stage": "eval_rollouts", "path": f"results/eval_rollouts/{roll.name}"}]
     (index / "caopd.json").write_text(json.dumps({"stages": stages}))
     row = variant_agreement(index / "caopd.json")
     assert row == {"n": 1, "value_right": 1.0, "lookup_right": 1.0, "letter_follows": 1.0, "accuracy": 1.0}

@@ -174,7 +174,7 @@ def evaluations_from_index(index_dir: Path, root: Path | None = None,
     out = {}
     for role in VARIANTS:
         variant = (names or {}).get(role, role)
-        index = read_index(index_dir, variant)
+        index = read_index(index_dir, variant, root)  # verifies the evaluate artifact
         if not index.get("metrics"):
             raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no metrics yet")
         out[role] = (root / index["metrics"]).parent

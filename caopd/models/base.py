@@ -5,8 +5,11 @@
   (:mod:`caopd.models.warmup`), saved with ``save_pretrained`` under ``model/``.
 - any other ``source`` is a Hugging Face id or a local path, resolved OFFLINE (no download at run
   time): the artifact holds ``model_ref.json`` with the resolved directory, the revision and the
-  sha256 of every file, and :func:`model_dir` hands that directory to the later stages. The
-  same code path loads ``Qwen/Qwen3-8B`` on a cluster whose cache or shared disk holds it.
+  sha256 of every file, and :func:`model_dir` hands that directory to the later stages after
+  checking every file against those digests (a changed file is an error naming it). A local
+  directory's digests are also in the key (:func:`caopd.plan.model_fingerprint`), and the job
+  refuses a directory that changed between planning and running. The same code path loads
+  ``Qwen/Qwen3-8B`` on a cluster whose cache or shared disk holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from caopd.plan import sha256_file
 from caopd.store import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -26,14 +28,27 @@ MODEL_REF = "model_ref.json"
 
 
 def model_dir(artifact: str | Path) -> Path:
-    """The model directory of a base_model or distill artifact (``student/`` for distill)."""
+    """The model directory of a base_model or distill artifact (``student/`` for distill).
+
+    A model outside the artifact (``model_ref.json``: a hub snapshot or a local directory) is
+    verified first: every file's sha256 against the digests recorded there.
+
+    Raises:
+        FileNotFoundError: the artifact holds no model.
+        caopd.sources.SourceError: a referenced model file is missing, changed or new (named).
+    """
+    from caopd.sources import verify_digests
+
     artifact = Path(artifact)
     for sub in (MODEL_SUBDIR, "student"):
         if (artifact / sub / "config.json").is_file():
             return artifact / sub
     ref = artifact / MODEL_REF
     if ref.is_file():
-        return Path(read_json(ref)["directory"])
+        recorded = read_json(ref)
+        directory = Path(recorded["directory"])
+        verify_digests(directory, recorded["files"], str(ref))
+        return directory
     raise FileNotFoundError(f"{artifact}: holds no model (no model/, student/ or {MODEL_REF})")
 
 
@@ -121,15 +136,16 @@ def resolve_pretrained(params: Mapping[str, Any], out: Path) -> dict[str, Any]:
         directory = Path(snapshot_download(source, revision=revision, local_files_only=True))
     from transformers import AutoConfig, AutoTokenizer
 
+    from caopd.sources import directory_digests, verify_digests
+
+    planned = params.get("origin", {}).get("files")
+    if planned is not None:  # a local directory: its digests are in the key
+        verify_digests(directory, planned, f"the plan of this key (model.source {source!r})")
     AutoConfig.from_pretrained(directory, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     if tokenizer.chat_template is None:
         raise ValueError(f"{directory}: the tokenizer has no chat template; CaOPD prompts need one")
-    files = {
-        f.relative_to(directory).as_posix(): sha256_file(f)
-        for f in sorted(directory.rglob("*"))
-        if f.is_file() and not f.name.startswith(".")
-    }
+    files = directory_digests(directory)
     ref = {"source": source, "revision": revision, "directory": str(directory), "files": files}
     write_json(out / MODEL_REF, ref)
     return {"directory": str(directory), "n_files": len(files)}

@@ -57,3 +57,7 @@ class Task(Protocol):
 
     def extract_answer(self, completion: str) -> str | None:
         """The answer the completion gives, normalised, or ``None`` if none can be parsed."""
+
+    def ground_truth(self, value: Any) -> str:
+        """``value`` (a string or the JSON structure a file holds) as the canonical ground
+        truth :meth:`verify` takes; ValueError naming it when it is no valid answer here."""

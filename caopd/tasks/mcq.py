@@ -12,6 +12,8 @@ answer, and no answer is incorrect.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -41,3 +43,19 @@ def verify_letter(completion: str, ground_truth: str) -> bool:
     """True when the completion's last ``<answer>`` letter equals ``ground_truth`` (A-D)."""
     expected = normalise_letter(ground_truth)
     return extract_letter(completion) == expected
+
+
+def canonical_letter(value: Any) -> str:
+    """The letter A-D of a multiple-choice ground truth given as ``"B"``, ``{"Answer": "B"}`` or
+    the reference evaluation's ``[{"Answer": "B"}]``.
+
+    Raises:
+        ValueError: anything else (``"Z"``, a tool call, a number), naming the value.
+    """
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, Mapping) and "Answer" in value:
+        value = value["Answer"]
+    if not isinstance(value, str):
+        raise ValueError(f"multiple-choice ground truth must be one of A-D, got {value!r}")
+    return normalise_letter(value)

@@ -38,11 +38,14 @@ SOLUTION_CLOSING = "Correctly solve the original question."
 
 # A confidence label at the start of a line: ``Confidence:``, ``confidence :``,
 # ``**Confidence:**``, ``**Confidence**:``, ``- Confidence level:``, ``### Confidence score =``,
-# ``<confidence>``. Leading whitespace, list/quote/heading markers and markdown emphasis may come
-# before the word. The same label forms as :mod:`caopd.confidence`, but only at a line start: a
-# demonstration is free text, where "... with high confidence: ..." mid-line is prose.
+# ``Confidence level (0.0-1.0):``, ``<confidence>``. Leading whitespace, list/quote/heading
+# markers and markdown emphasis may come before the word. The same label forms as
+# :mod:`caopd.confidence`, but only at a line start: a demonstration is free text, where
+# "... with high confidence: ..." mid-line is prose.
 CONFIDENCE_LABEL_RE = re.compile(
-    r"^[ \t>#*_\-]*(?:confidence(?:[ \t]+(?:level|score))?[ \t*_]*[:=]|<[ \t]*confidence[ \t]*>)",
+    r"^[ \t>#*_\-]*(?:confidence(?:[ \t]+(?:level|score))?"
+    r"(?:[ \t]*(?:\([^()\[\]\n]{0,40}\)|\[[^()\[\]\n]{0,40}\]))?[ \t*_]*[:=]"
+    r"|<[ \t]*confidence[ \t]*>)",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -73,16 +76,21 @@ def note(p_acc: float) -> str:
 
 
 def strip_confidence(text: str) -> str:
-    """``text`` cut before its first confidence label (see :data:`CONFIDENCE_LABEL_RE`).
+    """``text`` cut before its LAST confidence label (see :data:`CONFIDENCE_LABEL_RE`).
 
-    Everything from the first line that starts with a confidence label on is removed, and
-    trailing whitespace is trimmed. Text without a label is only right-stripped. A label in the
-    middle of a line (``... Confidence: 0.9``) is not a label: the teacher template and the task
-    formats put the confidence on its own line.
+    The line that starts with the last label and everything after it are removed, and trailing
+    whitespace is trimmed: the confidence a reader takes from the text is replaced, while an
+    earlier line that mentions confidence (in the reasoning, a ``<think>`` block) is kept, as the
+    completion rewrite keeps it (DESIGN §1). Text without a label is only right-stripped. A label
+    in the middle of a line (``... Confidence: 0.9``) is not a label: the teacher template and
+    the task formats put the confidence on its own line.
+
+    Tasks apply it once, when they load a demonstration; :func:`teacher_messages` shows the
+    demonstration as it is (a second cut would remove the earlier mention).
     """
-    match = CONFIDENCE_LABEL_RE.search(text)
-    if match is not None:
-        text = text[: match.start()]
+    labels = list(CONFIDENCE_LABEL_RE.finditer(text))
+    if labels:
+        text = text[: labels[-1].start()]
     return text.rstrip()
 
 
@@ -107,8 +115,11 @@ def teacher_messages(
 
     Returns:
         A new list of new dicts; ``example.messages`` is not modified. Every turn is copied as is
-        except the last user turn, whose content becomes the template (module docstring). Any
-        confidence line in the demonstration or solution is stripped before insertion.
+        except the last user turn, whose content becomes the template (module docstring). The
+        demonstration and the solution are shown as given, right-stripped: they carry no final
+        confidence line (tasks cut demonstrations with :func:`strip_confidence` when they load
+        them; the rewrite cuts a solution with :func:`caopd.rewrite.solution_text`), and an
+        earlier mention of confidence in them is kept.
 
     Raises:
         ValueError: unknown mode, missing solution, empty demonstration in demo mode, ``p_acc``
@@ -121,7 +132,7 @@ def teacher_messages(
         confidence, note_block = f"{p_acc:.2f}", note(p_acc) + "\n\n"
 
     if mode == "demo":
-        shown = strip_confidence(example.demonstration)
+        shown = example.demonstration.rstrip()
         if not shown.strip():
             raise ValueError(
                 f"example {example.id!r}: demo mode needs a non-empty demonstration "
@@ -134,7 +145,7 @@ def teacher_messages(
     elif mode == "correct_solution":
         if solution is None:
             raise ValueError(f"example {example.id!r}: correct_solution mode needs a solution")
-        shown = strip_confidence(solution)
+        shown = solution.rstrip()
         if not shown.strip():
             raise ValueError(f"example {example.id!r}: the solution is empty")
         user_turn = (

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from caopd.tasks.base import Example, TaskDataError
-from caopd.tasks.mcq import LETTERS, extract_letter, verify_letter
+from caopd.tasks.mcq import LETTERS, canonical_letter, extract_letter, verify_letter
 from caopd.tasks.prompts import strip_confidence, with_confidence_instruction
 from caopd.tasks.splits import assemble_splits, open_dataset
 
@@ -120,6 +120,11 @@ class ScienceTask:
     def extract_answer(self, completion: str) -> str | None:
         """The last ``<answer>`` letter (A-D) of ``completion``, or ``None``."""
         return extract_letter(completion)
+
+    def ground_truth(self, value: Any) -> str:
+        """The canonical ground truth of ``value`` (``"B"``, ``{"Answer": "B"}``,
+        ``[{"Answer": "B"}]``): its letter; ValueError naming any other value."""
+        return canonical_letter(value)
 
     def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
         """Splits from ``options["paths"]``, capped by ``options["sizes"]``.

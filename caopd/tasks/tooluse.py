@@ -13,14 +13,18 @@ Ids: ``tooluse-{split}-{row:06d}``.
 
 Ground truth: ``json.dumps`` of the golden list with every ``Action_Input`` normalised (parsed as
 JSON and re-serialised compactly with sorted keys; a value that is not valid JSON is kept as its
-stripped string). A row with an empty ``golden_answer`` is refused.
+stripped string). An ``Action_Input`` may come as a JSON string (the reference format) or as a
+JSON object or array (``{"unit": "C", "city": "Paris"}``): both normalise to the same text
+(:func:`normalise_arguments`). A row with an empty ``golden_answer`` is refused;
+:meth:`ToolUseTask.ground_truth` gives the canonical string of any of these forms.
 
 Verifier: every ``Action: <name>`` line of the completion opens a step and the next
 ``Action Input:`` before the following ``Action:`` line holds its input; the input is the JSON
 value after the label (an object or array ends where its braces balance, strings respected;
 Markdown code fences and backticks around it are skipped; a scalar is the rest of the line).
-Inputs compare after the same normalisation as the ground truth, so key order and whitespace do
-not matter; values must be equal JSON (``1`` and ``"1"`` differ). An input that is not valid
+Inputs compare as parsed JSON, after the same normalisation as the ground truth, wherever they
+come from (a string holding JSON, a JSON object, a JSON string that itself holds an object), so
+key order and whitespace do not matter; values must be equal JSON (``1`` and ``"1"`` differ). An input that is not valid
 JSON is never correct (unless the golden input itself is not JSON: then the stripped texts must
 be equal). Action names compare exactly after stripping whitespace, backticks, asterisks and
 quotes.
@@ -68,13 +72,34 @@ def normalise_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def normalise_input(raw: str) -> str:
-    """An ``Action_Input`` string normalised: JSON re-serialised by :func:`normalise_json`, or
-    the stripped string when it is not valid JSON."""
-    try:
-        return normalise_json(json.loads(raw))
-    except ValueError:
-        return raw.strip()
+def normalise_arguments(value: Any) -> str | None:
+    """Tool-call arguments as normalised JSON text, whatever form they come in; None if they are
+    a string that is not JSON.
+
+    A string is parsed as JSON; a parsed string that itself holds a JSON object or array (an
+    argument JSON-encoded twice) is parsed once more; any other value (an object from a JSON
+    file) is taken as is. The result is :func:`normalise_json`, so ``{"b": 2, "a": 1}`` given
+    as an object, as the text ``'{"a":1, "b":2}'`` or as ``'"{\\"a\\": 1, \\"b\\": 2}"'``
+    all give ``'{"a":1,"b":2}'``.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    return normalise_json(value)
+
+
+def normalise_input(raw: Any) -> str:
+    """An ``Action_Input`` normalised: :func:`normalise_arguments`, or the stripped string when
+    it is a string that is not valid JSON."""
+    normalised = normalise_arguments(raw)
+    return raw.strip() if normalised is None else normalised
 
 
 def _balanced_end(text: str, start: int) -> int | None:
@@ -133,11 +158,7 @@ def parse_steps(completion: str) -> list[Step]:
             pos = action.end()
             continue
         raw, pos = _read_input(completion, label.end())
-        try:
-            normalised: str | None = normalise_json(json.loads(raw))
-        except ValueError:
-            normalised = None
-        steps.append(Step(name, raw, normalised))
+        steps.append(Step(name, raw, normalise_arguments(raw)))
 
 
 def _golden_steps(ground_truth: str) -> list[dict[str, str]]:
@@ -155,13 +176,12 @@ def _golden_steps(ground_truth: str) -> list[dict[str, str]]:
     return golden
 
 
-def _step_matches(step: Step, golden: Mapping[str, str]) -> bool:
+def _step_matches(step: Step, golden: Mapping[str, Any]) -> bool:
     if step.action != str(golden["Action"]).strip(_NAME_STRIP):
         return False
-    expected = str(golden["Action_Input"])
-    try:
-        expected_json = normalise_json(json.loads(expected))
-    except ValueError:  # a golden input that is not JSON: compare the stripped texts
+    expected = golden["Action_Input"]
+    expected_json = normalise_arguments(expected)
+    if expected_json is None:  # a golden input that is not JSON: compare the stripped texts
         return step.raw is not None and step.raw.strip() == expected.strip()
     return step.normalised is not None and step.normalised == expected_json
 
@@ -207,12 +227,9 @@ def _ground_truth(golden: Any, where: str) -> str:
             raise TaskDataError(
                 f"{where}: golden_answer[{k}] lacks Action / Action_Input: {step!r}"
             )
-        action_input = step["Action_Input"]
-        if isinstance(action_input, str):
-            normalised = normalise_input(action_input)
-        else:
-            normalised = normalise_json(action_input)
-        steps.append({"Action": str(step["Action"]).strip(), "Action_Input": normalised})
+        steps.append(
+            {"Action": str(step["Action"]).strip(), "Action_Input": normalise_input(step["Action_Input"])}
+        )
     return json.dumps(steps, ensure_ascii=False)
 
 
@@ -279,6 +296,15 @@ class ToolUseTask:
     def extract_answer(self, completion: str) -> str | None:
         """The first tool call, normalised, as compact JSON; ``None`` if none parses."""
         return extract_first_action(completion)
+
+    def ground_truth(self, value: Any) -> str:
+        """The canonical ground truth of ``value``: a golden list of ``{"Action",
+        "Action_Input"}`` given as a list or as its JSON text (inputs as strings or objects).
+
+        Raises:
+            TaskDataError: not JSON, not a non-empty list of calls, a call without its keys.
+        """
+        return _ground_truth(value, "tooluse ground truth")
 
     def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
         """Splits from ``options["paths"]``, capped by ``options["sizes"]``.

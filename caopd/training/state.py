@@ -13,8 +13,12 @@ A killed job resumes from its work directory (``results/.work/distill/<key>/``),
 renamed into place (:func:`write_checkpoint`), so a job killed while saving leaves the previous
 checkpoint intact; the newest complete one is resumed (:func:`latest_checkpoint`).
 
-``optimizer.pt``, ``scheduler.pt`` and ``rng.pt`` are ``torch.save`` pickles written by this
-stage, loaded with ``weights_only=False``: only load artifacts of this workflow.
+``optimizer.pt``, ``scheduler.pt`` and ``rng.pt`` hold tensors and plain Python values only
+and are loaded with ``torch.load(weights_only=True)``: nothing beyond tensors is unpickled (the
+NumPy generator state is stored as a tensor of its keys, :func:`capture_rng`). A checkpoint is
+sealed (``checksums.json``, :func:`caopd.store.seal`) before it is renamed into place and
+verified (:func:`caopd.store.verify_sealed`) before anything is loaded from it, so a checkpoint
+with flipped bits is refused, naming the file, instead of resuming into other bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from caopd.store import read_json, write_json
+from caopd.store import ArtifactError, read_json, seal, verify_sealed, write_json
 
 STUDENT = "student"
 TEACHER = "teacher"
@@ -98,10 +102,15 @@ def copy_tokenizer(source: str | Path, target: str | Path) -> list[str]:
 
 
 def capture_rng() -> dict[str, Any]:
-    """The Python, NumPy, torch CPU (and CUDA) generator states."""
+    """The Python, NumPy, torch CPU (and CUDA) generator states, as tensors and plain values
+    (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -111,8 +120,10 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng` (CUDA states only where CUDA is available)."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(int(v) for v in python["state"].tolist()), python["gauss"]))
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -144,13 +155,13 @@ def load_training_state(
     """
     directory = Path(directory)
     optimizer.load_state_dict(
-        torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=False)
+        torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     )
     scheduler.load_state_dict(
-        torch.load(directory / "scheduler.pt", map_location="cpu", weights_only=False)
+        torch.load(directory / "scheduler.pt", map_location="cpu", weights_only=True)
     )
     if rng:
-        restore_rng(torch.load(directory / "rng.pt", map_location="cpu", weights_only=False))
+        restore_rng(torch.load(directory / "rng.pt", map_location="cpu", weights_only=True))
     return read_trainer_state(directory)
 
 
@@ -167,6 +178,7 @@ def write_checkpoint(work_dir: str | Path, step: int, write: Callable[[Path], No
         shutil.rmtree(tmp)
     tmp.mkdir()
     write(tmp)
+    seal(tmp)  # checksums.json, verified before a resume reads it
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -177,15 +189,23 @@ def write_checkpoint(work_dir: str | Path, step: int, write: Callable[[Path], No
 
 
 def latest_checkpoint(work_dir: str | Path | None) -> Path | None:
-    """The newest complete ``step-*`` checkpoint in ``work_dir`` (None if there is none)."""
+    """The newest ``step-*`` checkpoint in ``work_dir``, verified against its ``checksums.json``
+    (None if there is none).
+
+    Raises:
+        caopd.store.ArtifactError: the checkpoint is not sealed or a file changed after it was
+            written (names the file; delete ``work_dir`` to start afresh).
+    """
     if work_dir is None or not Path(work_dir).is_dir():
         return None
-    done = [
-        p
-        for p in Path(work_dir).glob(f"{CHECKPOINT_PREFIX}*")
-        if (p / STATE / TRAINER_STATE).is_file()
-    ]
-    return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    done = [p for p in Path(work_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    newest = max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    if newest is not None:
+        try:
+            verify_sealed(newest)
+        except ArtifactError as err:
+            raise ArtifactError(f"{err}; delete {work_dir} to start afresh") from None
+    return newest
 
 
 def write_curves_json(directory: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -10,8 +10,6 @@ rule base_model:
     params:
         spec=stage_preimage("base_model"),
         seed=stage_seed("base_model"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     threads: 8
     log:
         "logs/base_model/{key}.log",

@@ -1,23 +1,21 @@
 # Config resolution, the stage plan and the input functions every rule uses.
 # Parse time stays cheap: caopd.config and caopd.plan import neither torch nor mlflow.
+# Where a job runs (this checkout's path) and where it logs (the MLflow URI) are read by the job
+# itself (caopd.job), never passed as params or inputs: moving the checkout or the tracking server
+# reruns nothing.
 
 import sys
 
 sys.path.insert(0, workflow.basedir)
 
 from caopd.config import resolve
-from caopd.plan import COMPARE_CODE, build_plan, code_fingerprint
-from caopd.tracking import tracking_uri
+from caopd.plan import COMPARE_CODE, INDEX_CODE, build_plan, code_fingerprint
 
 RESOLVED = resolve(config)
 PLAN = build_plan(RESOLVED, root=workflow.basedir)
 VARIANTS = list(PLAN.variants)
-TRACKING = {
-    "uri": tracking_uri(RESOLVED["base"]["tracking"]["uri"]),
-    "experiment": RESOLVED["base"]["tracking"]["experiment"],
-}
-TRACKING_READY = "results/tracking.json"
 COMPARE_FINGERPRINT = code_fingerprint(COMPARE_CODE, workflow.basedir)
+INDEX_FINGERPRINT = code_fingerprint(INDEX_CODE, workflow.basedir)
 
 
 wildcard_constraints:
@@ -34,11 +32,10 @@ def get_all_targets(wildcards):
 
 
 def stage_inputs(stage):
-    """Input function of a stage rule: upstream artifact dirs by role, and the tracking store."""
+    """Input function of a stage rule: upstream artifact dirs by role."""
 
     def get_stage_inputs(wildcards):
-        spec = PLAN.spec(stage, wildcards.key)
-        return {**spec.input_paths(), "tracking": TRACKING_READY}
+        return PLAN.spec(stage, wildcards.key).input_paths()
 
     get_stage_inputs.__name__ = f"get_{stage}_inputs"
     return get_stage_inputs

@@ -11,8 +11,6 @@ rule distill:
     params:
         spec=stage_preimage("distill"),
         seed=stage_seed("distill"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     threads: 8
     log:
         "logs/distill/{key}.log",

@@ -11,8 +11,6 @@ rule eval_rollouts:
     params:
         spec=stage_preimage("eval_rollouts"),
         seed=stage_seed("eval_rollouts"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     threads: 8
     log:
         "logs/eval_rollouts/{key}.log",
@@ -32,8 +30,6 @@ rule evaluate:
     params:
         spec=stage_preimage("evaluate"),
         seed=stage_seed("evaluate"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     log:
         "logs/evaluate/{key}.log",
     conda:

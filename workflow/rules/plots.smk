@@ -16,8 +16,6 @@ rule plots:
     params:
         spec=stage_preimage("plots"),
         seed=stage_seed("plots"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     log:
         "logs/plots/{key}.log",
     conda:
@@ -33,8 +31,7 @@ rule index:
         "results/index/{variant}.json",
     params:
         stages=get_variant_stage_table,
-        tracking=TRACKING,
-        root=workflow.basedir,
+        code=INDEX_FINGERPRINT,  # fixed output path: an edit of its code reruns it via params
     log:
         "logs/index/{variant}.log",
     localrule: True
@@ -60,7 +57,6 @@ rule compare:
             category="Comparison",
         ),
     params:
-        root=workflow.basedir,
         code=COMPARE_FINGERPRINT,  # fixed output paths: an edit of its code reruns it via params
     log:
         "logs/compare.log",

@@ -1,6 +1,7 @@
-# Stage rewrite(r) (DESIGN §1 step 3): training examples as token ids. CaOPD: completion cut at
-# the first `Confidence:` and `Confidence: {P_acc:.2f}` appended at the token level, the teacher
-# demo's confidence replaced and the note inserted. SDFT (calibration off): completion untouched.
+# Stage rewrite(r) (DESIGN §1 step 3): training examples as token ids. CaOPD: the completion's
+# last `Confidence:` label (the one the parser reads) replaced by `Confidence: {P_acc:.2f}` + EOS
+# at the token level, the teacher demo's confidence replaced and the note inserted. SDFT
+# (calibration off): completion untouched.
 
 
 rule rewrite:
@@ -11,8 +12,6 @@ rule rewrite:
     params:
         spec=stage_preimage("rewrite"),
         seed=stage_seed("rewrite"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     log:
         "logs/rewrite/{key}.log",
     conda:

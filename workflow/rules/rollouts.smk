@@ -10,8 +10,6 @@ rule rollouts:
     params:
         spec=stage_preimage("rollouts"),
         seed=stage_seed("rollouts"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     threads: 8
     log:
         "logs/rollouts/{key}.log",

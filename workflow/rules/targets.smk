@@ -10,8 +10,6 @@ rule targets:
     params:
         spec=stage_preimage("targets"),
         seed=stage_seed("targets"),
-        root=workflow.basedir,
-        tracking=TRACKING,
     log:
         "logs/targets/{key}.log",
     conda:

@@ -5,7 +5,7 @@ from results/.work/distill/<key>/."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.job import stage_job
 from caopd.models.base import model_dir

@@ -2,8 +2,9 @@
 (caopd.rollouts.stage.evaluation_rollouts)."""
 
 import sys
+from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.job import stage_job
 from caopd.rollouts.stage import evaluation_rollouts

@@ -1,8 +1,9 @@
 """Rule evaluate: metrics.json of a model's eval answers (caopd.evaluation.stage.run_evaluate)."""
 
 import sys
+from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.evaluation.stage import run_evaluate
 from caopd.job import stage_job

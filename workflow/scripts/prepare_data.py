@@ -1,8 +1,9 @@
 """Rule prepare_data: write a task's train / val / eval splits (caopd.data.prepare_data)."""
 
 import sys
+from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.data import prepare_data
 from caopd.job import stage_job

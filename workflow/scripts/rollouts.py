@@ -1,8 +1,9 @@
 """Rule rollouts: K samples per prompt of round r's slice (caopd.rollouts.stage.training_rollouts)."""
 
 import sys
+from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.job import stage_job
 from caopd.rollouts.stage import training_rollouts

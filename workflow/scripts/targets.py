@@ -1,8 +1,9 @@
 """Rule targets: verify every rollout, P_acc per prompt (caopd.targets.run_targets)."""
 
 import sys
+from pathlib import Path
 
-sys.path.insert(0, snakemake.params.root)  # noqa: F821
+sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
 from caopd.job import stage_job
 from caopd.targets import run_targets
