@@ -88,6 +88,7 @@ BASE_DISTILL = {
     "rounds": 1,
     "schedule": "rounds",
     "refresh_every": 1,
+    "window_mix": False,
     "divergence": "forward_kl",
     "jsd_beta": 0.5,
     "teacher": "ema",

@@ -34,7 +34,7 @@ REWRITE = {
 ROLLOUTS = {"engine": "hf", "k": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 12,
             "batch_size": 64, "tensor_parallel_size": 1}
 DISTILL = {
-    "rounds": 1, "schedule": "online", "refresh_every": 3, "divergence": "forward_kl",
+    "rounds": 1, "schedule": "online", "refresh_every": 3, "window_mix": False, "divergence": "forward_kl",
     "jsd_beta": 0.5, "teacher": "frozen", "ema_weight": 0.01, "skip_first_tokens": 1, "lr": 1e-2,
     "weight_decay": 0.0, "epochs": 2, "batch_size": 8, "grad_accum": 1, "warmup_ratio": 0.2,
     "max_grad_norm": 1.0, "chunk_size": 16, "checkpoint_every": 2,
@@ -204,3 +204,29 @@ def test_a_modified_window_is_refused_on_resume(tiny_model_dir: Path, data_dir: 
     with pytest.raises(ArtifactError, match="refresh-00000"):
         run_online_distill(params, data_dir=data_dir, student_dir=tiny_model_dir, teacher_dir=None,
                            state_dir=None, out=out, work_dir=tmp_path / "work", seed=5)
+
+
+def test_window_mix_deals_the_windows_examples_over_its_steps(tiny_model_dir: Path, tmp_path: Path):
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def source(mix: bool, where: str) -> OnlineSource:
+        student = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        return OnlineSource(
+            prompts=prompts(10), student=student, tokenizer=AutoTokenizer.from_pretrained(tiny_model_dir),
+            params=make_params(10, refresh_every=3, epochs=1, window_mix=mix), seed=2,
+            records_dir=tmp_path / where, accelerator=Accelerator(cpu=True),
+        )
+
+    plain, mixed = source(False, "plain"), source(True, "mixed")  # one window of 3 steps: 4+4+2 prompts
+
+    def ids(batches):
+        return [tuple(ex.student_ids.tolist()) for batch in batches for ex in batch]
+
+    plain_steps = [ids(plain.micro_batches(s)) for s in range(3)]
+    mixed_steps = [ids(mixed.micro_batches(s)) for s in range(3)]
+    assert [len(s) for s in mixed_steps] == [len(s) for s in plain_steps] == [8, 8, 4]
+    assert sorted(sum(mixed_steps, [])) == sorted(sum(plain_steps, []))  # the same examples ...
+    assert mixed_steps != plain_steps  # ... dealt over the steps in another order
+    # a plain step holds whole prompt groups (K = 2 rollouts of the same prompt next to each other)
+    assert all(s[i][: 20] == s[i + 1][: 20] for s in plain_steps for i in range(0, len(s), 2))

@@ -92,6 +92,7 @@ class DistillConfig:
     rounds: int
     schedule: str
     refresh_every: int
+    window_mix: bool
     divergence: str
     jsd_beta: float
     teacher: str

@@ -13,7 +13,10 @@ distill job, with the pure functions of the round stages, so the math is shared,
 3. :func:`caopd.targets.compute_targets` verifies them with the task's one verifier and gives
    ``P_acc`` per prompt; :func:`caopd.rewrite.build_examples` rewrites them (CaOPD) or keeps them
    (SDFT) exactly as the rewrite stage does;
-4. the window's steps train on those examples, one prompt group of K per prompt, in plan order.
+4. the window's steps train on those examples: each step on its own prompts' K rollouts, as the
+   reference (4 prompts × 8 rollouts per step), or, with ``window_mix: true``, on an equal share
+   of the whole window's examples in a seeded random order, so that a step's gradient mixes many
+   prompts instead of a few groups of K near-identical completions with one target each.
 
 ``refresh_every: 1`` is fully on-policy, as the reference; larger windows sample in bigger
 batches (faster generation) at the cost of targets up to ``refresh_every − 1`` steps old.
@@ -182,6 +185,8 @@ class OnlineSource:
         plan = online_step_plan(len(self.prompts), per_step, distill["epochs"], seed)
         self.steps = [step for epoch in plan for step in epoch]
         self.window_of = refresh_windows([len(epoch) for epoch in plan], distill["refresh_every"])
+        self.window_mix = bool(distill["window_mix"])
+        self._window_rows: dict[int, list[Example]] = {}
         self.records_dir = Path(records_dir)
         self._engine = None
         self._loaded: int | None = None
@@ -209,8 +214,26 @@ class OnlineSource:
         window = self.window_of[step]
         if window != self._loaded:
             self._enter(window)
-        rows = [ex for i in self.steps[step] for ex in self._by_prompt.get(self.prompts[int(i)].id, [])]
+        rows = self._window_rows[step] if self.window_mix else self._own_rows(step)
         return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+    def _own_rows(self, step: int) -> list[Example]:
+        """The K rollouts of each prompt of ``step``, in plan order."""
+        return [ex for i in self.steps[step] for ex in self._by_prompt.get(self.prompts[int(i)].id, [])]
+
+    def _mix_window(self, window: int) -> dict[int, list[Example]]:
+        """``window_mix``: the window's examples pooled in step order and permuted (seeded by
+        stage seed, round and window); each step takes as many of them as its own prompts have,
+        so step sizes (and the token normaliser) are those of the unmixed plan."""
+        steps = self.window_steps(window)
+        own = [self._own_rows(s) for s in steps]
+        pool = [ex for rows in own for ex in rows]
+        order = np.random.default_rng([self.seed, self.round, window]).permutation(len(pool))
+        mixed, start = {}, 0
+        for s, rows in zip(steps, own):
+            mixed[s] = [pool[int(i)] for i in order[start : start + len(rows)]]
+            start += len(rows)
+        return mixed
 
     def _enter(self, window: int) -> None:
         """Sample the window (main process, unless a resumed run kept it), then read it back."""
@@ -224,6 +247,8 @@ class OnlineSource:
         for row in read_examples(directory / EXAMPLES_FILE):
             by_prompt.setdefault(row["prompt_id"], []).append(example_from_row(row))
         self._by_prompt, self._loaded = by_prompt, window
+        if self.window_mix:
+            self._window_rows = self._mix_window(window)
 
     def _sample(self, window: int, directory: Path) -> None:
         from caopd.rewrite import EXAMPLES_FILE, build_examples, write_examples
