@@ -9,8 +9,9 @@ Per optimizer step (``grad_accum`` micro-batches of ``batch_size`` examples, ove
 2. the teacher (no grad, eval mode) runs on ``teacher_input_ids``, the student on
    ``student_input_ids``; the final hidden states at the positions predicting the completion
    tokens are gathered and handed with the LM-head weights to
-   :func:`~caopd.training.loss.chunked_divergence_loss`, so B×T×V logits never exist; the first
-   ``skip_first_tokens`` completion tokens have weight 0;
+   :func:`~caopd.training.loss.chunked_divergence_loss` with the family's final logit transform
+   (:mod:`caopd.training.logit_transform`; an unknown family is refused before training), so
+   B×T×V logits never exist; the first ``skip_first_tokens`` completion tokens have weight 0;
 3. gradients are clipped to ``max_grad_norm``, AdamW steps on fp32 master weights, the LR
    follows a cosine schedule with linear warmup over the optimizer steps of ALL rounds, and the
    teacher's fp32 shadow moves ``ema_weight`` of the way to the student (``teacher: frozen``
@@ -60,6 +61,7 @@ from caopd.training.data import (
     total_optimizer_steps,
 )
 from caopd.training.ema import EmaTeacher
+from caopd.training.logit_transform import LogitTransform, logit_transform_for
 from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
 from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
@@ -165,15 +167,30 @@ def gather_positions(hidden: Tensor, positions: Tensor) -> Tensor:
 class StudentObjective(nn.Module):
     """The student plus the loss, so the LM head is used inside the (DDP-wrapped) forward.
 
-    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch.
+    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch,
+    with the final logit transform of the student's family (Gemma's soft-capping, Cohere's and
+    Granite's scaling; :mod:`caopd.training.logit_transform`) applied to both heads' logits: the
+    teacher is a copy of the student, of the same family.
+
+    Raises:
+        UnsupportedModelFamily: ``transform`` is None and the model's family is not known to
+            :func:`logit_transform_for` (at construction, before any training).
     """
 
-    def __init__(self, model: nn.Module, kind: str, beta: float, chunk_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        beta: float,
+        chunk_size: int,
+        transform: LogitTransform | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.kind = kind
         self.beta = beta
         self.chunk_size = chunk_size
+        self.transform = logit_transform_for(model.config) if transform is None else transform
 
     def forward(
         self,
@@ -203,6 +220,7 @@ class StudentObjective(nn.Module):
             self.chunk_size,
             student_bias=head.bias,
             teacher_bias=teacher_bias,
+            transform=self.transform,
         )
 
 
