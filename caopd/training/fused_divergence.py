@@ -111,6 +111,7 @@ def divergence_chunk(
     beta: float,
     buffers: tuple[Tensor, Tensor, Tensor, Tensor],
     want_grad: bool,
+    unit_weights: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Divergence, entropy and (optionally) the loss gradient w.r.t. the student's raw logits.
 
@@ -122,6 +123,7 @@ def divergence_chunk(
             jsd mixture weight in (0, 1).
         buffers: four Tensor[≥n, V] scratch buffers in the compute dtype (overwritten).
         want_grad: compute the gradient.
+        unit_weights: every weight is 1 (skips one n×V multiplication).
 
     Returns:
         ``(D, H, G)``: D Tensor[n], the per-position divergence (nats); H Tensor[n], the student's
@@ -161,7 +163,8 @@ def divergence_chunk(
             grad = y.sub_(student_term.unsqueeze(1)).mul_(m).mul_(1.0 - beta)
 
     if grad is not None:
-        grad.mul_(weights.unsqueeze(1))
+        if not unit_weights:
+            grad.mul_(weights.unsqueeze(1))
         transform = student.transform
         if transform.softcap is not None:
             grad.mul_(transform.derivative_from_output_(x.add_(log_z)))  # x ← z ← f'(y)
@@ -208,6 +211,7 @@ def fused_divergence(
     entropy_sum = torch.zeros((), dtype=dtype, device=device)
     if n == 0:
         return loss, entropy_sum
+    unit_weights = bool((weights == 1).all())
     rows_per_chunk = min(chunk_size, n)
     buffers = tuple(torch.empty((rows_per_chunk, vocab), dtype=dtype, device=device) for _ in range(4))
     for start in range(0, n, rows_per_chunk):
@@ -216,7 +220,7 @@ def fused_divergence(
         w = weights[rows]
         divergence, entropy, grad_logits = divergence_chunk(
             h_s, teacher_hidden[rows].to(dtype), w, student, teacher, kind, beta, buffers,
-            want_grad,
+            want_grad, unit_weights,
         )
         loss = loss + (w * divergence).sum()
         entropy_sum = entropy_sum + entropy.sum()
