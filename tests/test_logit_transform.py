@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from caopd.training.distill import StudentObjective, gather_positions
+from caopd.training.distill import StudentObjective
 from caopd.training.divergence import token_divergence
 from caopd.training.logit_transform import (
     IDENTITY,
@@ -22,6 +22,7 @@ from caopd.training.logit_transform import (
     UnsupportedModelFamily,
     logit_transform_for,
 )
+from caopd.training.prefix import PlainInputs, gather_positions
 
 TINY = dict(
     vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -88,7 +89,7 @@ def test_loss_equals_divergence_of_the_models_own_logits(family: str, kind: str)
 
     head = teacher.get_output_embeddings()
     got, _ = StudentObjective(student, kind, 0.3, chunk_size=4)(
-        ids, mask, positions, t_hidden, head.weight, head.bias, weights
+        PlainInputs(ids, mask, positions), t_hidden, head.weight, head.bias, weights
     )
     got_grads = torch.autograd.grad(got, params, allow_unused=True)
 
