@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--completion", type=int, default=40, help="mean completion tokens")
     parser.add_argument("--skip-first-tokens", type=int, default=3)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine more threads oversubscribe the "
+                        "cores and every small op waits for a descheduled thread)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args(argv)

@@ -2,16 +2,19 @@
 
 Per optimizer step (``grad_accum`` micro-batches of ``batch_size`` examples, over all processes):
 
-1. the micro-batches come from the round's step plan (:mod:`caopd.training.data`); the number of
-   loss tokens in the whole step, all micro-batches and all processes, is counted and
-   all-reduced BEFORE the first micro-batch, and each micro-batch back-propagates its summed
+1. the micro-batches come from the round's step plan (:mod:`caopd.training.data`; with
+   ``batching: prompt_groups`` whole prompt groups, :func:`~caopd.training.steps.round_group_plan`);
+   the number of loss tokens in the whole step, all micro-batches and all processes, is counted
+   and all-reduced BEFORE the first micro-batch, and each micro-batch back-propagates its summed
    divergence divided by that count (:func:`~caopd.training.loss.normalise_by_tokens`);
 2. the teacher (no grad, eval mode) runs on ``teacher_input_ids``, the student on
-   ``student_input_ids``; the final hidden states at the positions predicting the completion
-   tokens are gathered and handed with the LM-head weights to
-   :func:`~caopd.training.loss.chunked_divergence_loss` with the family's final logit transform
-   (:mod:`caopd.training.logit_transform`; an unknown family is refused before training), so
-   B×T×V logits never exist; the first ``skip_first_tokens`` completion tokens have weight 0;
+   ``student_input_ids`` (with ``batching: prompt_groups`` each distinct prompt once and its
+   completions on the shared KV cache, :mod:`caopd.training.prefix`; a frozen teacher's states
+   are computed once per round, :mod:`caopd.training.teacher_states`); the final hidden states
+   at the positions predicting the completion tokens are gathered and handed with the LM-head
+   weights to :func:`~caopd.training.loss.chunked_divergence_loss` with the family's final logit
+   transform (:mod:`caopd.training.logit_transform`; an unknown family is refused before
+   training), so B×T×V logits never exist; the first ``skip_first_tokens`` completion tokens have weight 0;
 3. gradients are clipped to ``max_grad_norm``, AdamW steps on fp32 master weights, the LR
    follows a cosine schedule with linear warmup over the optimizer steps of ALL rounds, and the
    teacher's fp32 shadow moves ``ema_weight`` of the way to the student (``teacher: frozen``
