@@ -83,7 +83,13 @@ class SharedPrefixInputs:
             return gather_positions(out.last_hidden_state, self.positions)
         prefix = base_model(input_ids=self.prefix_ids, attention_mask=self.prefix_mask,
                             use_cache=True)
-        cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+        cache = getattr(prefix, "cache", None) or getattr(prefix, "past_key_values", None)
+        if cache is None:
+            raise RuntimeError(
+                f"{type(base_model).__name__} returned no KV cache for the prompt prefixes (is "
+                "gradient checkpointing on? it disables the cache); distill.batching: "
+                "prompt_groups needs it, use batching: examples"
+            )
         cache.batch_select_indices(self.group)
         prefix_len = self.prefix_mask.sum(dim=1)[self.group]
         width = self.suffix_ids.shape[1]
