@@ -13,12 +13,16 @@ Three implementations of Σ_i w_i · D(p_T,i ‖ p_S,i) from hidden states [N, H
 Memory: every measurement runs in a fresh subprocess; "peak MiB" is ``ru_maxrss`` (the process's
 peak resident set, which sees torch's CPU allocations, unlike tracemalloc) at the end minus the
 resident set just before the first forward, i.e. what the loss and its backward add on top of
-the inputs. Time: wall seconds of that one forward + backward (imports done before); with ``--repeats R`` every method
+the inputs. Time: wall seconds and process CPU seconds (user + system) of that one forward +
+backward (imports done before), with ``--threads`` torch threads (default 1: on a machine shared
+with other jobs, more threads stall in OpenMP waits for descheduled threads, and CPU seconds
+then measure the work, not the contention); with ``--repeats R`` every method
 runs R times, interleaved, and the table gives medians and ratios to ``full`` (so a shared,
 noisy machine slows every method alike).
 
-A ``check`` worker computes the loss and gradients of all methods on the same inputs once per
-divergence and prints the largest relative differences to ``full``.
+A ``check`` worker computes the loss and gradients of ``--check-methods`` (default ours and
+full) on the same inputs once per divergence and prints the largest differences to ``full``,
+relative to the largest entry of each.
 
 Run:
     python benchmarks/loss_memory_time.py                       # V=151,936, N=1,024, H=1,024
@@ -93,8 +97,17 @@ def _resident_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def worker(args) -> None:
+    import torch
+
     import caopd.training.loss  # noqa: F401  (imports stay out of the timing)
+
+    torch.set_num_threads(args.threads)
 
     if args.worker == "trl":
         import trl.kernels.chunked_divergence  # noqa: F401
@@ -104,21 +117,22 @@ def worker(args) -> None:
     if earlier_peak - before > 64 * 1024:
         raise RuntimeError(f"the peak before the loss is {(earlier_peak - before) / 1024:.0f} MiB "
                            "above the resident set: the measurement would hide the loss's peak")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     loss = _loss(args.worker, x, args.kind, args)
     loss.backward()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_mib": (peak - before) / 1024, "seconds": seconds,
+    print(json.dumps({"peak_mib": (peak - before) / 1024, "seconds": seconds, "cpu": cpu,
                       "loss": loss.item()}))
 
 
 def check(args) -> None:
     import torch
 
+    torch.set_num_threads(args.threads)
     x = _inputs(args)
     results = {}
-    for method in args.methods:
+    for method in args.check_methods:
         x[0].grad = x[2].grad = None
         loss = _loss(method, x, args.kind, args)
         loss.backward()
@@ -134,7 +148,8 @@ def check(args) -> None:
 def _run(args, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, *extra, "--vocab", str(args.vocab), "--positions",
            str(args.positions), "--hidden", str(args.hidden), "--chunk-size",
-           str(args.chunk_size), "--beta", str(args.beta), "--methods", *args.methods]
+           str(args.chunk_size), "--beta", str(args.beta), "--threads", str(args.threads),
+           "--methods", *args.methods, "--check-methods", *args.check_methods]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -149,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--methods", nargs="+", default=["ours", "full", "trl"])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per measurement (1: no OpenMP stalls on a shared machine)")
     parser.add_argument("--no-check", action="store_true")
+    parser.add_argument("--check-methods", nargs="+", default=["ours", "full"],
+                        help="methods whose loss and gradients are compared with full")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--check-kind", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
@@ -165,18 +184,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.check_kind:
         args.kind = args.check_kind
         return check(args)
-    if "full" not in args.methods:
-        parser.error("--methods must include full (the reference of the ratios)")
+    if "full" not in args.methods or "full" not in args.check_methods:
+        parser.error("--methods and --check-methods must include full (the reference)")
+    args.check_methods = [m for m in args.check_methods if m in args.methods]
 
     import torch
 
     print(f"V={args.vocab:,} N={args.positions:,} H={args.hidden:,} float32 forward+backward, "
           f"chunk_size={args.chunk_size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, repeats={args.repeats}")
+          f"{args.threads} thread(s), repeats={args.repeats}; machine shared with other jobs")
     print("peak MiB = ru_maxrss of a fresh process minus its resident set before the first "
-          "forward; time = median wall seconds of one forward+backward")
-    print(f"{'divergence':<11} {'method':<5} {'peak MiB':>9} {'x full':>7} {'seconds':>8} "
-          f"{'x full':>7} {'loss':>14}")
+          "forward; wall / cpu = median wall and process CPU seconds of one forward+backward")
+    print(f"{'divergence':<11} {'method':<5} {'peak MiB':>9} {'x full':>7} {'wall s':>8} "
+          f"{'x full':>7} {'cpu s':>8} {'x full':>7} {'loss':>14}")
     for kind in args.kinds:
         runs: dict[str, list[dict]] = {m: [] for m in args.methods}
         for _ in range(args.repeats):
@@ -184,9 +204,11 @@ def main(argv: list[str] | None = None) -> None:
                 runs[method].append(_run(args, ["--worker", method, "--kind", kind]))
         peak = {m: max(r["peak_mib"] for r in rs) for m, rs in runs.items()}
         secs = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+        cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
         for method in args.methods:
             print(f"{kind:<11} {method:<5} {peak[method]:>9.0f} {peak[method] / peak['full']:>7.2f} "
                   f"{secs[method]:>8.2f} {secs[method] / secs['full']:>7.2f} "
+                  f"{cpu[method]:>8.2f} {cpu[method] / cpu['full']:>7.2f} "
                   f"{runs[method][-1]['loss']:>14.6f}", flush=True)
         if not args.no_check:
             diffs = _run(args, ["--check-kind", kind])
