@@ -5,7 +5,7 @@ batch (temperature 1, ``--max-new-tokens`` cap); tokens/s = completion tokens re
 time of ``generate``. One untimed warm-up call, then the median of ``--repeats`` timed calls.
 
 Run:
-    .venv/bin/python benchmarks/generation_speed.py                 # the tests' tiny model
+    .venv/bin/python benchmarks/generation_speed.py                 # the tests' tiny random model
     .venv/bin/python benchmarks/generation_speed.py --model PATH    # any local model
     .venv/bin/python benchmarks/generation_speed.py --batch-sizes 1 8 --device cuda
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ def measure(engine: HFEngine, batch_size: int, max_new_tokens: int, repeats: int
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="local model directory (default: build the tests' tiny model)")
+    parser.add_argument("--model", type=Path, help="local model directory (default: build the tests' tiny random model)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -61,14 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-            from conftest import build_tiny_model
+            from caopd.models.random_model import build_tiny_model
 
             model = build_tiny_model(Path(tmp) / "tiny")
         engine = HFEngine(str(model), dtype=args.dtype, device=args.device, progress=False)
         n_params = sum(p.numel() for p in engine.model.parameters())
         print(
-            f"model={model if args.model else 'tiny (tests/conftest.py)'} params={n_params:,} "
+            f"model={model if args.model else 'tiny random (caopd.models.random_model)'} params={n_params:,} "
             f"device={engine.device} dtype={engine.dtype} torch_threads={torch.get_num_threads()} "
             f"max_new_tokens={args.max_new_tokens} repeats={args.repeats}"
         )

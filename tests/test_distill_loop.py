@@ -23,6 +23,7 @@ from caopd.training.data import (
     total_optimizer_steps,
 )
 from caopd.training.distill import StudentObjective, run_distill, teacher_hidden_states
+from caopd.training.prefix import model_inputs
 from caopd.training.schedule import lr_factor, warmup_steps
 from caopd.training.divergence import token_divergence
 from caopd.training.state import TRAINER_STATE, load_causal_lm
@@ -215,10 +216,7 @@ def test_skipped_tokens_do_not_affect_the_loss(tiny_model_dir: Path, examples11:
     head = teacher.get_output_embeddings()
 
     def loss(hidden: torch.Tensor) -> torch.Tensor:
-        value, _ = objective(
-            batch.student_ids, batch.student_mask, batch.student_positions, hidden,
-            head.weight, head.bias, batch.weights,
-        )
+        value, _ = objective(model_inputs(batch)[0], hidden, head.weight, head.bias, batch.weights)
         return value
 
     skipped = batch.weights == 0
@@ -259,8 +257,8 @@ def test_batched_loss_equals_full_logits(kind: str, tiny_model_dir: Path, exampl
     batch = collate(examples, skip_first_tokens=2)
     head = teacher.get_output_embeddings()
     sum_loss, stats = StudentObjective(student, kind, 0.3, chunk_size=7)(
-        batch.student_ids, batch.student_mask, batch.student_positions,
-        teacher_hidden_states(teacher, batch), head.weight, head.bias, batch.weights,
+        model_inputs(batch)[0], teacher_hidden_states(teacher, batch), head.weight, head.bias,
+        batch.weights,
     )
     mean = (sum_loss / batch.n_loss_tokens).item()
     want = direct_mean_divergence(student, teacher, examples, kind, skip=2)

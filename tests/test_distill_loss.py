@@ -1,4 +1,8 @@
-"""The chunked distillation loss equals the vanilla full-logits loss; masks and accumulation."""
+"""The chunked distillation loss equals the vanilla full-logits loss; masks and accumulation.
+
+Tolerance of "equal" throughout: the float32 loss and gradients against a float64 full-logit
+reference, ``atol = rtol = 1e-5``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from caopd.training.divergence import token_divergence
+from caopd.training.logit_transform import IDENTITY, LogitTransform
 from caopd.training.loss import chunked_divergence_loss, completion_loss_mask, normalise_by_tokens
 
 N, H, HT, V = 7, 5, 6, 11
@@ -27,12 +32,16 @@ def make_inputs(seed: int = 0, dtype: torch.dtype = torch.float32, bias: bool = 
     return out
 
 
-def reference_loss(x: dict, kind: str, beta: float = 0.5) -> torch.Tensor:
-    """Vanilla: full N×V logits, then the per-position divergence, weighted and summed."""
+def reference_loss(
+    x: dict, kind: str, beta: float = 0.5, transform: LogitTransform = IDENTITY
+) -> torch.Tensor:
+    """Vanilla, in float64: full N×V logits, the family's transform, then the per-position
+    divergence, weighted and summed."""
     s_logits = F.linear(x["student_hidden"].double(), x["student_head"].double(),
                         None if "student_bias" not in x else x["student_bias"].double())
     t_logits = F.linear(x["teacher_hidden"].double(), x["teacher_head"].double(),
                         None if "teacher_bias" not in x else x["teacher_bias"].double())
+    s_logits, t_logits = transform.apply(s_logits), transform.apply(t_logits)
     return (x["weights"].double() * token_divergence(s_logits, t_logits, kind, beta)).sum()
 
 
@@ -87,19 +96,97 @@ def test_teacher_receives_no_gradient() -> None:
     assert x["student_head"].grad is not None
 
 
-def test_chunk_logits_are_not_saved_for_backward() -> None:
-    x = make_inputs()
+def test_backward_neither_keeps_nor_recomputes_logits() -> None:
+    """The gradients are made in the forward: nothing is saved for backward and the backward
+    runs no matmul (it only scales the finished gradients)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountMatmuls(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+                self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    x = make_inputs(bias=True)
     saved: list[tuple[int, ...]] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         saved.append(tuple(t.shape))
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CountMatmuls() as fwd:
         loss, _ = chunked_divergence_loss(kind="jsd", chunk_size=2, **x)
-    assert saved, "expected the checkpoint inputs to be saved"
-    assert all(shape[-1] != V for shape in saved), saved
-    loss.backward()
+    assert fwd.calls > 0
+    assert saved == []
+    with CountMatmuls() as bwd:
+        loss.backward()
+    assert bwd.calls == 0
+    assert x["student_head"].grad is not None and x["student_bias"].grad is not None
+
+
+def test_second_backward_raises() -> None:
+    x = make_inputs()
+    loss, _ = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
+
+
+def test_grad_output_scales_the_gradients() -> None:
+    x = make_inputs()
+    loss, _ = chunked_divergence_loss(kind="reverse_kl", chunk_size=3, **x)
+    (once,) = torch.autograd.grad(loss, [x["student_head"]])
+    loss, _ = chunked_divergence_loss(kind="reverse_kl", chunk_size=3, **x)
+    (scaled,) = torch.autograd.grad(-2.5 * loss, [x["student_head"]])
+    torch.testing.assert_close(scaled, -2.5 * once)
+
+
+def test_weight_zero_positions_contribute_nothing() -> None:
+    """Changing the hidden states of weight-0 positions (even to NaN) changes nothing."""
+    x = make_inputs()
+    loss, stats = chunked_divergence_loss(kind="jsd", chunk_size=2, **x)
+    names = ["student_hidden", "student_head"]
+    want = grads(x, loss, names)
+    masked = x["weights"] == 0
+    junk = dict(x)
+    for name in ("student_hidden", "teacher_hidden"):
+        value = x[name].detach().clone()
+        value[masked] = float("nan")
+        junk[name] = value.requires_grad_()
+    junk_loss, junk_stats = chunked_divergence_loss(kind="jsd", chunk_size=2, **junk)
+    assert torch.equal(junk_loss.detach(), loss.detach())
+    assert torch.equal(junk_stats.entropy_sum, stats.entropy_sum)
+    for got, expected in zip(grads(junk, junk_loss, names), want):
+        assert torch.equal(got, expected)
+
+
+def test_no_grad_gives_the_same_loss_and_stats() -> None:
+    x = make_inputs(bias=True)
+    loss, stats = chunked_divergence_loss(kind="jsd", chunk_size=3, **x)
+    with torch.no_grad():
+        plain, plain_stats = chunked_divergence_loss(kind="jsd", chunk_size=3, **x)
+    assert not plain.requires_grad
+    torch.testing.assert_close(plain, loss.detach())
+    torch.testing.assert_close(plain_stats.entropy_sum, stats.entropy_sum)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize(
+    "transform",
+    [LogitTransform(softcap=2.0), LogitTransform(scale=0.25), LogitTransform(scale=3.0, softcap=1.5)],
+)
+def test_logit_transform_equals_transformed_full_logits(kind: str, transform: LogitTransform) -> None:
+    x = make_inputs(bias=True)
+    names = ["student_hidden", "student_head", "student_bias"]
+    loss, _ = chunked_divergence_loss(kind=kind, beta=0.3, chunk_size=3, transform=transform, **x)
+    ref = reference_loss(x, kind, beta=0.3, transform=transform)
+    torch.testing.assert_close(loss.double(), ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(grads(x, loss, names), grads(x, ref, names)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_inputs_and_autocast_compute_in_float32() -> None:

@@ -60,6 +60,7 @@ class Example:
         completion_len: c, the completion is the last c ids of both.
         p_acc: the round's empirical accuracy of the example's prompt.
         has_confidence: the sampled completion stated a parseable confidence.
+        prompt_id: the prompt the completion was sampled for (its rollout group).
     """
 
     student_ids: np.ndarray
@@ -67,6 +68,7 @@ class Example:
     completion_len: int
     p_acc: float
     has_confidence: bool
+    prompt_id: str = ""
 
 
 def example_from_row(row: Mapping) -> Example:
@@ -96,6 +98,7 @@ def example_from_row(row: Mapping) -> Example:
         completion_len=c,
         p_acc=float(row["p_acc"]),
         has_confidence=confidence is not None and not math.isnan(confidence),
+        prompt_id=str(row["prompt_id"]),
     )
 
 

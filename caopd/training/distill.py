@@ -2,15 +2,19 @@
 
 Per optimizer step (``grad_accum`` micro-batches of ``batch_size`` examples, over all processes):
 
-1. the micro-batches come from the round's step plan (:mod:`caopd.training.data`); the number of
-   loss tokens in the whole step, all micro-batches and all processes, is counted and
-   all-reduced BEFORE the first micro-batch, and each micro-batch back-propagates its summed
+1. the micro-batches come from the round's step plan (:mod:`caopd.training.data`; with
+   ``batching: prompt_groups`` whole prompt groups, :func:`~caopd.training.steps.round_group_plan`);
+   the number of loss tokens in the whole step, all micro-batches and all processes, is counted
+   and all-reduced BEFORE the first micro-batch, and each micro-batch back-propagates its summed
    divergence divided by that count (:func:`~caopd.training.loss.normalise_by_tokens`);
 2. the teacher (no grad, eval mode) runs on ``teacher_input_ids``, the student on
-   ``student_input_ids``; the final hidden states at the positions predicting the completion
-   tokens are gathered and handed with the LM-head weights to
-   :func:`~caopd.training.loss.chunked_divergence_loss`, so B×T×V logits never exist; the first
-   ``skip_first_tokens`` completion tokens have weight 0;
+   ``student_input_ids`` (with ``batching: prompt_groups`` each distinct prompt once and its
+   completions on the shared KV cache, :mod:`caopd.training.prefix`; a frozen teacher's states
+   are computed once per round, :mod:`caopd.training.teacher_states`); the final hidden states
+   at the positions predicting the completion tokens are gathered and handed with the LM-head
+   weights to :func:`~caopd.training.loss.chunked_divergence_loss` with the family's final logit
+   transform (:mod:`caopd.training.logit_transform`; an unknown family is refused before
+   training), so B×T×V logits never exist; the first ``skip_first_tokens`` completion tokens have weight 0;
 3. gradients are clipped to ``max_grad_norm``, AdamW steps on fp32 master weights, the LR
    follows a cosine schedule with linear warmup over the optimizer steps of ALL rounds, and the
    teacher's fp32 shadow moves ``ema_weight`` of the way to the student (``teacher: frozen``
@@ -45,7 +49,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +59,14 @@ from torch import Tensor, nn
 from caopd.training.curves import CURVES_FILE, write_curves
 from caopd.training.data import (
     Batch,
+    collate,
     load_examples,
     round_step_plan,
+    steps_in_round,
     total_optimizer_steps,
 )
 from caopd.training.ema import EmaTeacher
+from caopd.training.logit_transform import LogitTransform, logit_transform_for
 from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
 from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
@@ -77,12 +84,32 @@ from caopd.training.state import (
     write_checkpoint,
     write_curves_json,
 )
-from caopd.training.steps import FixedExamples, StepSource, local_batches
+from caopd.training.prefix import (
+    GroupedBatch,
+    PlainInputs,
+    SharedPrefixInputs,
+    collate_groups,
+    gather_positions,  # noqa: F401  (re-exported)
+    model_inputs,
+)
+from caopd.training.steps import (
+    FixedExamples,
+    StepSource,
+    local_batches,
+    local_rows,
+    prompt_groups,
+    round_group_plan,
+)
+from caopd.training.teacher_states import TeacherStates, teacher_hidden_states  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 #: ``distill.schedule`` values: examples built by the round stages, or sampled inside the job.
 SCHEDULES = ("rounds", "online")
+#: ``distill.batching`` values: micro-batches of shuffled examples, each encoded whole
+#: (:func:`~caopd.training.data.collate`), or of whole prompt groups whose prompts are encoded
+#: once per group (:mod:`caopd.training.prefix`).
+BATCHINGS = ("examples", "prompt_groups")
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,7 @@ class DistillConfig:
     max_grad_norm: float
     chunk_size: int
     checkpoint_every: int
+    batching: str = "examples"
 
     def __post_init__(self) -> None:
         from caopd.training.divergence import get_divergence
@@ -114,6 +142,8 @@ class DistillConfig:
         get_divergence(self.divergence, self.jsd_beta)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
+        if self.batching not in BATCHINGS:
+            raise ValueError(f"distill.batching={self.batching!r} must be one of {BATCHINGS}")
         if self.teacher not in ("ema", "frozen"):
             raise ValueError(f"distill.teacher={self.teacher!r} must be 'ema' or 'frozen'")
         if not 0.0 < self.ema_weight <= 1.0:
@@ -134,11 +164,12 @@ class DistillConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> DistillConfig:
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in params]
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = [n for n in names if n not in params and n not in optional]
         unknown = sorted(set(params) - set(names))
         if missing or unknown:
             raise ValueError(f"distill params: missing keys {missing}, unknown keys {unknown}")
-        return cls(**{n: params[n] for n in names})
+        return cls(**{n: params[n] for n in names if n in params})
 
 
 def check_round(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -158,43 +189,48 @@ def check_round(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     return r, dict(schedule)
 
 
-def gather_positions(hidden: Tensor, positions: Tensor) -> Tensor:
-    """Rows ``positions`` of the flattened hidden states: Tensor[B, T, H], [N] -> Tensor[N, H]."""
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
-
-
 class StudentObjective(nn.Module):
     """The student plus the loss, so the LM head is used inside the (DDP-wrapped) forward.
 
-    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch.
+    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch,
+    with the final logit transform of the student's family (Gemma's soft-capping, Cohere's and
+    Granite's scaling; :mod:`caopd.training.logit_transform`) applied to both heads' logits: the
+    teacher is a copy of the student, of the same family.
+
+    Raises:
+        UnsupportedModelFamily: ``transform`` is None and the model's family is not known to
+            :func:`logit_transform_for` (at construction, before any training).
     """
 
-    def __init__(self, model: nn.Module, kind: str, beta: float, chunk_size: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        kind: str,
+        beta: float,
+        chunk_size: int,
+        transform: LogitTransform | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.kind = kind
         self.beta = beta
         self.chunk_size = chunk_size
+        self.transform = logit_transform_for(model.config) if transform is None else transform
 
     def forward(
         self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        positions: Tensor,
+        inputs: PlainInputs | SharedPrefixInputs,
         teacher_hidden: Tensor,
         teacher_head: Tensor,
         teacher_bias: Tensor | None,
         weights: Tensor,
     ) -> tuple[Tensor, LossStats]:
-        """Shapes: ids/mask Tensor[B, T]; positions Tensor[N]; teacher_hidden Tensor[N, H_t];
+        """Shapes: ``inputs`` select N positions of the student; teacher_hidden Tensor[N, H_t];
         teacher_head Tensor[V, H_t] (the teacher's LM-head weight), teacher_bias Tensor[V] or
         None; weights Tensor[N]."""
-        out = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        )
         head = self.model.get_output_embeddings()
         return chunked_divergence_loss(
-            gather_positions(out.last_hidden_state, positions),
+            inputs.hidden(self.model.base_model),
             teacher_hidden,
             head.weight,
             teacher_head,
@@ -204,16 +240,8 @@ class StudentObjective(nn.Module):
             self.chunk_size,
             student_bias=head.bias,
             teacher_bias=teacher_bias,
+            transform=self.transform,
         )
-
-
-@torch.no_grad()
-def teacher_hidden_states(teacher: nn.Module, batch: Batch) -> Tensor:
-    """The teacher's final hidden states at the positions predicting the loss tokens: [N, H_t]."""
-    out = teacher.base_model(
-        input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask, use_cache=False
-    )
-    return gather_positions(out.last_hidden_state, batch.teacher_positions)
 
 
 @dataclass
@@ -226,6 +254,7 @@ class _Run:
     objective: nn.Module
     teacher: nn.Module
     ema: EmaTeacher | None
+    teacher_states: TeacherStates
     optimizer: Any
     scheduler: Any
     raw_optimizer: torch.optim.Optimizer
@@ -362,6 +391,14 @@ def _setup(
     )
     progress, rows = _restore_state(start, checkpoint, state_dir, optimizer, scheduler)
     source.restore(checkpoint, progress.step_in_round)
+    teacher_states = TeacherStates()
+    if cfg.teacher == "frozen" and cfg.epochs > 1 and isinstance(source, FixedExamples):
+        indices = [k for step in range(source.n_steps) for keys in _step_keys(source, step, accelerator)
+                   for k in keys]
+        teacher_states.precompute(
+            source.examples, indices, teacher, accelerator,
+            collate_groups if cfg.batching == "prompt_groups" else collate, cfg.batch_size,
+        )
     return _Run(
         accelerator=accelerator,
         cfg=cfg,
@@ -369,6 +406,7 @@ def _setup(
         objective=prepared[0],
         teacher=teacher,
         ema=EmaTeacher(teacher) if cfg.teacher == "ema" else None,
+        teacher_states=teacher_states,
         optimizer=prepared[1],
         scheduler=prepared[2],
         raw_optimizer=optimizer,
@@ -379,19 +417,30 @@ def _setup(
     )
 
 
-def _step_batches(run: _Run, step_in_round: int) -> list[Batch]:
-    """This process's micro-batches of optimizer step ``step_in_round``."""
+def _step_keys(source: StepSource, step: int, accelerator: Any) -> list[tuple[int, ...]]:
+    """The example index of every local row of each micro-batch of ``step`` (FixedExamples)."""
+    micros = [m for m in source.plan[step] if len(m)]
+    rows = local_rows(micros, accelerator.process_index, accelerator.num_processes)
+    return [tuple(int(i) for i in micro[r]) for micro, (r, _) in zip(micros, rows)]
+
+
+def _step_batches(run: _Run, step_in_round: int) -> tuple[list[Batch | GroupedBatch], list[Any]]:
+    """This process's micro-batches of optimizer step ``step_in_round`` and, for a round of fixed
+    examples, the example index of each of their rows (None per batch otherwise)."""
     acc = run.accelerator
-    return local_batches(
+    batches = local_batches(
         run.source.micro_batches(step_in_round), acc.process_index, acc.num_processes,
-        run.cfg.skip_first_tokens,
+        run.cfg.skip_first_tokens, grouped=run.cfg.batching == "prompt_groups",
     )
+    if isinstance(run.source, FixedExamples):
+        return batches, _step_keys(run.source, step_in_round, acc)
+    return batches, [None] * len(batches)
 
 
 def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
     """One optimizer step; returns its curve row (statistics reduced over processes)."""
     acc, cfg = run.accelerator, run.cfg
-    batches = _step_batches(run, step_in_round)
+    batches, batch_keys = _step_batches(run, step_in_round)
     local_tokens = torch.tensor(float(sum(b.n_loss_tokens for b in batches)), device=acc.device)
     n_tokens = acc.reduce(local_tokens, reduction="sum")
     teacher_head = run.teacher.get_output_embeddings()
@@ -401,12 +450,10 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
         batch = batch.to(acc.device)
         sync = i == len(batches) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(run.objective):
-            with acc.autocast():
-                t_hidden = teacher_hidden_states(run.teacher, batch)
+            student_inputs, teacher_inputs = model_inputs(batch)
+            t_hidden = run.teacher_states.get(batch_keys[i], teacher_inputs, run.teacher, acc)
             sum_loss, stats = run.objective(
-                batch.student_ids,
-                batch.student_mask,
-                batch.student_positions,
+                student_inputs,
                 t_hidden,
                 teacher_head.weight,
                 teacher_head.bias,
@@ -587,9 +634,19 @@ def run_distill(
             "round %d: %d examples, the schedule planned %d (the LR schedule keeps the plan)",
             r, len(examples), schedule["examples_per_round"][r - 1],
         )
-    source = FixedExamples(
-        examples, round_step_plan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
-    )
+    if cfg.batching == "prompt_groups":
+        groups = prompt_groups([ex.prompt_id for ex in examples])
+        plan = round_group_plan(groups, cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
+        if len(plan) != steps_in_round(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs):
+            log.warning(
+                "round %d: %d prompt groups packed into micro-batches of <= %d examples make %d "
+                "steps, the example plan %d (batch_size not a multiple of the group size?); the "
+                "LR schedule keeps the example plan", r, len(groups), cfg.batch_size, len(plan),
+                steps_in_round(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs),
+            )
+    else:
+        plan = round_step_plan(len(examples), cfg.batch_size, cfg.grad_accum, cfg.epochs, seed)
+    source = FixedExamples(examples, plan)
     run = _setup(
         params,
         make_source=lambda accelerator, student: source,

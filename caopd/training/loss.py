@@ -3,10 +3,12 @@
 The distill stage runs the student (plain prompt + completion) and the teacher (privileged prompt
 + the same completion), gathers the final hidden states at the positions that predict the loss
 tokens, and hands them here with the two LM-head matrices. :func:`chunked_divergence_loss`
-projects one chunk of positions at a time to float32 logits, takes the per-position divergence
-(:mod:`caopd.training.divergence`) and sums it with per-position weights. Each chunk runs under
-``torch.utils.checkpoint`` (``use_reentrant=False``), so its logits are freed after the forward
-and recomputed in the backward: peak memory holds the logits of one chunk, not of all N positions.
+projects one chunk of positions at a time to float32 logits, applies the model family's final
+logit transform (:mod:`caopd.training.logit_transform`), takes the per-position divergence (the
+definitions of :mod:`caopd.training.divergence`) and sums it with per-position weights. The
+chunk's gradients with respect to the student's hidden states, LM-head weight and bias are made
+in the same pass (:mod:`caopd.training.fused_divergence`), so peak memory holds a few chunks of
+logits and the head's gradient, and the backward neither keeps nor recomputes any logits.
 
 Gradient accumulation (see :func:`normalise_by_tokens`): every micro-batch's loss is its SUM over
 loss tokens divided by the number of loss tokens in the WHOLE accumulated batch, so the
@@ -19,11 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from caopd.training.divergence import DivergenceKind, compute_dtype, get_divergence
+from caopd.training.fused_autograd import FusedDivergence, LossSpec, fused_forward
+from caopd.training.logit_transform import IDENTITY, LogitTransform
 
 
 @dataclass(frozen=True)
@@ -58,38 +60,6 @@ class LossStats:
         )
 
 
-def _chunk_loss(
-    student_hidden: Tensor,
-    teacher_hidden: Tensor,
-    weights: Tensor,
-    student_head: Tensor,
-    student_bias: Tensor | None,
-    teacher_head: Tensor,
-    teacher_bias: Tensor | None,
-    kind: DivergenceKind,
-    beta: float,
-) -> tuple[Tensor, Tensor]:
-    """One chunk: (Σ w·D with grad, Σ_{w≠0} H(p_S) detached). Inputs already in compute dtype.
-
-    Shapes: hidden Tensor[n, H_s] / Tensor[n, H_t], weights Tensor[n], heads Tensor[V, H_*].
-    """
-    device_type = student_hidden.device.type
-    with torch.autocast(device_type=device_type, enabled=False):
-        student_logits = F.linear(student_hidden, student_head, student_bias)
-        student_logp = torch.log_softmax(student_logits, dim=-1)
-        with torch.no_grad():
-            teacher_logp = torch.log_softmax(
-                F.linear(teacher_hidden, teacher_head, teacher_bias), dim=-1
-            )
-        divergence = get_divergence(kind, beta).fn(student_logp, teacher_logp, beta)
-        loss = (weights * divergence).sum()
-        with torch.no_grad():
-            p = student_logp.exp()
-            entropy = -torch.where(p > 0, p * student_logp, torch.zeros_like(p)).sum(dim=-1)
-            entropy_sum = torch.where(weights != 0, entropy, torch.zeros_like(entropy)).sum()
-    return loss, entropy_sum
-
-
 def chunked_divergence_loss(
     student_hidden: Tensor,
     teacher_hidden: Tensor,
@@ -101,6 +71,8 @@ def chunked_divergence_loss(
     chunk_size: int = 1024,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
+    transform: LogitTransform = IDENTITY,
+    teacher_transform: LogitTransform | None = None,
 ) -> tuple[Tensor, LossStats]:
     """Σ_i w_i · D(p_T,i, p_S,i) over N gathered positions, never holding all N×V logits.
 
@@ -114,19 +86,25 @@ def chunked_divergence_loss(
         weights: Tensor[N], per-position loss weights (0 for masked positions).
         kind: divergence name, see :mod:`caopd.training.divergence`.
         beta: ``jsd`` mixture weight in (0, 1); ignored by the KLs.
-        chunk_size: positions per chunk (peak extra memory ≈ a few × chunk_size × V floats).
+        chunk_size: positions per chunk (peak extra memory ≈ 4 × chunk_size × V floats
+            plus the V × H_s gradient of the head).
         student_bias, teacher_bias: optional Tensor[V] LM-head biases.
+        transform: the student family's final logit transform
+            (:func:`~caopd.training.logit_transform.logit_transform_for`); identity by default.
+        teacher_transform: the teacher's, if it differs (None: the student's).
 
     Returns:
         ``(sum_loss, stats)``: ``sum_loss`` is a 0-dim tensor in float32 (float64 if the inputs
         are float64) carrying gradients to ``student_hidden``, ``student_head`` and
         ``student_bias``; ``stats`` is a :class:`LossStats` of detached sums.
 
-    Logits are computed in float32 with autocast disabled; each head is cast once per call (no
-    copy when it is already float32, e.g. fp32 master weights). In the backward every chunk is
-    recomputed, including its teacher matmul. A position with weight 0 gets exactly zero gradient
-    as long as its divergence is finite. With N = 0 the loss is a zero still connected to the
-    student's tensors, so every parameter receives a (zero) gradient, as DDP requires.
+    Logits, probabilities and gradients are computed in float32 (float64 for float64 inputs)
+    with autocast disabled; each head is cast once per call (no copy when it is already float32,
+    e.g. fp32 master weights). Positions with weight 0 are dropped before any matmul, so they get
+    exactly zero gradient and add nothing to the loss or the statistics. With no position of
+    nonzero weight the loss is a zero still connected to the student's tensors, so every
+    parameter receives a (zero) gradient, as DDP requires. The graph can be back-propagated once
+    (the gradients are made in the forward and handed over, not recomputed).
 
     Raises:
         ValueError: shapes that do not line up, ``chunk_size < 1``, unknown ``kind`` or a jsd
@@ -169,46 +147,26 @@ def chunked_divergence_loss(
             raise ValueError(f"{name} shape {tuple(bias.shape)} must be ({vocab},)")
 
     dtype = compute_dtype(torch.promote_types(student_hidden.dtype, student_head.dtype))
-    s_head = student_head.to(dtype)
-    s_bias = None if student_bias is None else student_bias.to(dtype)
-    t_head = teacher_head.detach().to(dtype)
-    t_bias = None if teacher_bias is None else teacher_bias.detach().to(dtype)
-    t_hidden = teacher_hidden.detach()
+    spec = LossSpec(
+        kind=kind,
+        beta=beta,
+        chunk_size=chunk_size,
+        dtype=dtype,
+        student_transform=transform,
+        teacher_transform=transform if teacher_transform is None else teacher_transform,
+    )
+    student = (student_hidden, student_head, student_bias)
+    teacher = (teacher_hidden.detach(), teacher_head.detach(),
+               None if teacher_bias is None else teacher_bias.detach())
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
+        loss, entropy_sum = FusedDivergence.apply(*student, *teacher, weights.detach(), spec)
+    else:
+        loss, entropy_sum, _ = fused_forward(*student, *teacher, weights, spec, (False,) * 3)
     w = weights.detach().to(dtype)
-
-    device = student_hidden.device
-    if n == 0:
-        zero = student_hidden.to(dtype).sum() * 0.0 + s_head.sum() * 0.0
-        if s_bias is not None:
-            zero = zero + s_bias.sum() * 0.0
-        empty = torch.zeros((), dtype=dtype, device=device)
-        no_positions = torch.zeros((), dtype=torch.long, device=device)
-        return zero, LossStats(empty, empty.clone(), empty.clone(), no_positions)
-
-    loss = torch.zeros((), dtype=dtype, device=device)
-    entropy_sum = torch.zeros((), dtype=dtype, device=device)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        chunk_loss, chunk_entropy = checkpoint(
-            _chunk_loss,
-            student_hidden[start:stop].to(dtype),
-            t_hidden[start:stop].to(dtype),
-            w[start:stop],
-            s_head,
-            s_bias,
-            t_head,
-            t_bias,
-            kind,
-            beta,
-            use_reentrant=False,
-        )
-        loss = loss + chunk_loss
-        entropy_sum = entropy_sum + chunk_entropy.detach()
-
     stats = LossStats(
         divergence_sum=loss.detach(),
         weight_sum=w.sum(),
-        entropy_sum=entropy_sum,
+        entropy_sum=entropy_sum.detach(),
         n_positions=(w != 0).sum(),
     )
     return loss, stats

@@ -5,14 +5,16 @@ global micro-batches (lists of :class:`~caopd.training.data.Example`; at most ``
 them, each at most ``batch_size`` examples over ALL processes). Two sources exist:
 
 - :class:`FixedExamples` (``distill.schedule: rounds``): the round's examples were built by the
-  rewrite stage before the job started; the steps walk :func:`~caopd.training.data.round_step_plan`;
+  rewrite stage before the job started; the steps walk :func:`~caopd.training.data.round_step_plan`
+  (``distill.batching: examples``) or :func:`round_group_plan` (``prompt_groups``);
 - :class:`caopd.training.online.OnlineSource` (``distill.schedule: online``): the examples of a
   step are sampled from the student as it is at that step, verified, scored and rewritten inside
   the job.
 
 :func:`local_batches` gives one process its share of a step: rows ``rank::world`` of every
-micro-batch, collated (a process left without rows runs a zero-weight filler, as
-:func:`~caopd.training.data.shard` describes).
+micro-batch, collated per example (:func:`~caopd.training.data.collate`) or on shared prompt
+prefixes (:func:`~caopd.training.prefix.collate_groups`); a process left without rows runs a
+zero-weight filler, as :func:`~caopd.training.data.shard` describes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from caopd.training.data import Batch, Example, collate, shard
+from caopd.training.data import Batch, Example, collate, epoch_order, shard
+from caopd.training.prefix import GroupedBatch, collate_groups
 
 
 class StepSource(Protocol):
@@ -85,14 +88,59 @@ class FixedExamples:
         return {}
 
 
+def local_rows(micro_batches: Sequence[Sequence[Any]], rank: int, world_size: int) -> list[tuple[np.ndarray, bool]]:
+    """``(rows, real)`` of :func:`~caopd.training.data.shard` for each non-empty micro-batch."""
+    return [shard(np.arange(len(micro)), rank, world_size) for micro in micro_batches if len(micro)]
+
+
 def local_batches(
-    micro_batches: Sequence[Sequence[Example]], rank: int, world_size: int, skip_first_tokens: int
-) -> list[Batch]:
-    """This process's collated rows of each global micro-batch (empty micro-batches dropped)."""
-    batches = []
-    for micro in micro_batches:
-        if not micro:
-            continue
-        rows, real = shard(np.arange(len(micro)), rank, world_size)
-        batches.append(collate([micro[int(i)] for i in rows], skip_first_tokens, real))
-    return batches
+    micro_batches: Sequence[Sequence[Example]],
+    rank: int,
+    world_size: int,
+    skip_first_tokens: int,
+    grouped: bool = False,
+) -> list[Batch | GroupedBatch]:
+    """This process's collated rows of each global micro-batch (empty micro-batches dropped);
+    ``grouped``: on shared prompt prefixes (:func:`~caopd.training.prefix.collate_groups`)."""
+    collate_fn = collate_groups if grouped else collate
+    micros = [micro for micro in micro_batches if micro]
+    return [
+        collate_fn([micro[int(i)] for i in rows], skip_first_tokens, real)
+        for micro, (rows, real) in zip(micros, local_rows(micros, rank, world_size))
+    ]
+
+
+def prompt_groups(prompt_ids: Sequence[str]) -> list[np.ndarray]:
+    """Example indices grouped by prompt id, groups in order of first appearance: [int64 array]."""
+    groups: dict[str, list[int]] = {}
+    for index, prompt_id in enumerate(prompt_ids):
+        groups.setdefault(prompt_id, []).append(index)
+    return [np.asarray(g, dtype=np.int64) for g in groups.values()]
+
+
+def round_group_plan(
+    groups: Sequence[np.ndarray], batch_size: int, grad_accum: int, epochs: int, seed: int
+) -> list[list[np.ndarray]]:
+    """:func:`~caopd.training.data.round_step_plan` over whole prompt groups.
+
+    Each epoch visits the groups in an order drawn from ``(seed, epoch)``
+    (:func:`~caopd.training.data.epoch_order` over group indices) and packs consecutive groups
+    into micro-batches of at most ``batch_size`` examples (a group larger than ``batch_size`` is
+    a micro-batch of its own); ``grad_accum`` micro-batches make a step. With groups of K
+    examples and ``batch_size`` a multiple of K this gives as many steps as the example plan.
+
+    Returns:
+        ``plan[s]`` = the micro-batches of step s, int64 arrays of example indices.
+    """
+    micro: list[np.ndarray] = []
+    for epoch in range(epochs):
+        current: list[np.ndarray] = []
+        for g in epoch_order(len(groups), seed, epoch):
+            group = groups[int(g)]
+            if current and sum(len(x) for x in current) + len(group) > batch_size:
+                micro.append(np.concatenate(current))
+                current = []
+            current.append(group)
+        if current:
+            micro.append(np.concatenate(current))
+    return [micro[i : i + grad_accum] for i in range(0, len(micro), grad_accum)]
