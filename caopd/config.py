@@ -190,7 +190,9 @@ def check_sources(cfg: Mapping[str, Any], where: str) -> None:
     - every ``task.paths.*`` exists (relative to the working directory) or is a dataset in the
       local Hugging Face cache;
     - ``model.source`` other than ``tiny`` is a local model directory or a model (at
-      ``model.revision``) in the local Hugging Face cache: nothing is downloaded at run time.
+      ``model.revision``) in the local Hugging Face cache: nothing is downloaded at run time;
+    - ``distill.accelerate_config`` is a readable accelerate config (relative to the checkout)
+      that runs ``distill.processes`` processes (:func:`caopd.resources.accelerate_problem`).
     """
     from caopd.sources import source_error
 
@@ -206,6 +208,11 @@ def check_sources(cfg: Mapping[str, Any], where: str) -> None:
             problem = source_error(path, kind="dataset")
             if problem:
                 raise ConfigError(f"{where}: key 'task.paths.{split}': {problem}")
+    from caopd.resources import accelerate_problem
+
+    problem = accelerate_problem(cfg["distill"])
+    if problem:
+        raise ConfigError(f"{where}: key 'distill.accelerate_config': {problem}")
     source = cfg["model"]["source"]
     if source != "tiny":
         problem = source_error(source, kind="model", revision=cfg["model"]["revision"])

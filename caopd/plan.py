@@ -177,6 +177,8 @@ class StageSpec:
     upstream: dict[str, str]  # role -> key
     upstream_stage: dict[str, str] = field(default_factory=dict)  # role -> stage name
     upstream_draw: dict[str, str] = field(default_factory=dict)  # role -> draw key of that input
+    #: what the job asks of the machine (caopd.resources.stage_launch); not part of the key
+    launch: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preimage(self) -> dict[str, Any]:
@@ -226,7 +228,9 @@ def round_slices(n_train: int, rounds: int) -> list[tuple[int, int]]:
     return [((r * n_train) // rounds, ((r + 1) * n_train) // rounds) for r in range(rounds)]
 
 
-def _spec(stage: str, rnd: int | None, params: dict, root: Path, **upstream: StageSpec) -> StageSpec:
+def _spec(
+    stage: str, rnd: int | None, params: dict, root: Path, launch: dict | None = None, **upstream: StageSpec
+) -> StageSpec:
     return StageSpec(
         stage=stage,
         round=rnd,
@@ -235,12 +239,17 @@ def _spec(stage: str, rnd: int | None, params: dict, root: Path, **upstream: Sta
         upstream={role: up.key for role, up in upstream.items()},
         upstream_stage={role: up.stage for role, up in upstream.items()},
         upstream_draw={role: up.draw_key for role, up in upstream.items()},
+        launch=dict(launch or {}),
     )
 
 
 def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> VariantPlan:
     """The artifacts of one resolved variant config, in DAG order."""
+    from caopd.resources import distill_key_params, stage_launch
+
     root = Path(root)
+    launch = {stage: stage_launch(stage, cfg, root) for stage in ("rollouts", "distill", "eval_rollouts")}
+    distill_params = distill_key_params(cfg["distill"])
     task = dict(cfg["task"])
     task["sources"] = {split: dataset_fingerprint(p) for split, p in task["paths"].items() if p}
     data = _spec("prepare_data", None, {"seed": cfg["seed"], "task": task}, root)
@@ -274,10 +283,11 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
                 "distill",
                 r,
                 {
-                    "distill": cfg["distill"], "round": r, "schedule": schedule, "slice": [start, stop],
+                    "distill": distill_params, "round": r, "schedule": schedule, "slice": [start, stop],
                     "rollouts": cfg["rollouts"], "rewrite": cfg["rewrite"], "task": cfg["task"]["name"],
                 },
                 root,
+                launch["distill"],
                 data=data,
                 student=student,
             )
@@ -289,6 +299,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
             r,
             {"rollouts": cfg["rollouts"], "round": r, "slice": [start, stop]},
             root,
+            launch["rollouts"],
             data=data,
             model=student,
         )
@@ -306,8 +317,9 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         distill = _spec(
             "distill",
             r,
-            {"distill": cfg["distill"], "round": r, "schedule": schedule},
+            {"distill": distill_params, "round": r, "schedule": schedule},
             root,
+            launch["distill"],
             examples=rewrite,
             student=student,
         )
@@ -317,7 +329,10 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
     generation = {key: cfg["evaluation"][key] for key in (
         "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size", "expected_confidence")}
     split = cfg["evaluation"]["split"]
-    eval_roll = _spec("eval_rollouts", None, {"evaluation": generation, "split": split}, root, data=data, model=student)
+    eval_roll = _spec(
+        "eval_rollouts", None, {"evaluation": generation, "split": split}, root, launch["eval_rollouts"],
+        data=data, model=student,
+    )
     scoring = {key: cfg["evaluation"][key] for key in ("n_bins", "bootstrap")}
     evaluate = _spec(
         "evaluate", None, {"evaluation": scoring, "task": cfg["task"]["name"], "split": split}, root,
@@ -354,8 +369,16 @@ def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> P
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     variants = {name: plan_variant(name, cfg, root) for name, cfg in resolved["variants"].items()}
     by_key: dict[tuple[str, str], StageSpec] = {}
-    for vplan in variants.values():
+    owner: dict[tuple[str, str], str] = {}
+    for name, vplan in variants.items():
         for spec in vplan.stages:
-            by_key.setdefault((spec.stage, spec.key), spec)
+            known = by_key.setdefault((spec.stage, spec.key), spec)
+            owner.setdefault((spec.stage, spec.key), name)
+            if known.launch != spec.launch:
+                raise ValueError(
+                    f"variants '{owner[(spec.stage, spec.key)]}' and '{name}' share the artifact "
+                    f"{spec.path} but lay its job out differently ({known.launch} vs {spec.launch}); "
+                    "give them the same distill.processes and distill.accelerate_config"
+                )
     return Plan(variants=variants, by_key=by_key)
 

@@ -1,18 +1,25 @@
 """Shared test fixtures: a tiny random Qwen2 causal LM with a locally trained tokenizer.
 
-Nothing is downloaded. The model is built by :func:`caopd.models.random_model.build_tiny_model`
-(a plain function in the package, so tests, the GPU tests, which need a wider head dimension, and
-the benchmark scripts can build variants of it); :func:`tiny_model_dir` is the session-scoped
-fixture most tests use.
+Also :func:`mlflow_server`, a real tracking server on localhost for the DAG tests. Nothing is
+downloaded. The model is built by :func:`caopd.models.random_model.build_tiny_model` (a plain
+function in the package, so tests, the GPU tests, which need a wider head dimension, and the
+benchmark scripts can build variants of it); :func:`tiny_model_dir` is the session-scoped fixture
+most tests use.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from caopd.models.random_model import build_tiny_model
+
+#: Seconds a test's ``mlflow server`` may take to answer /health (a liveness bound, not a timing).
+SERVER_START_BOUND = 180.0
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +57,52 @@ def publish_for_test(directory: str | Path) -> Path:
     directory = Path(directory)
     write_json(directory / MANIFEST, {"files": file_table(directory)})
     return directory
+
+
+@contextlib.contextmanager
+def mlflow_server(directory: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on a free localhost port (SQLite backend store and proxied
+    artifacts under ``directory``); yields its URI once ``/health`` answers; always stopped.
+
+    Raises:
+        RuntimeError: the server exited, or did not answer within :data:`SERVER_START_BOUND`
+            seconds (its log attached).
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "server.log"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "2", "--backend-store-uri", f"sqlite:///{directory / 'server.db'}",
+           "--artifacts-destination", str(directory / "artifacts")]
+    uri = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=directory,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + SERVER_START_BOUND
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5) as response:
+                    response.read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

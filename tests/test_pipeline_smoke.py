@@ -1,10 +1,13 @@
 """The whole DAG on the CI smoke config (config/smoke.yaml): three variants end to end.
 
-Runs ``snakemake --cores 2`` in a temporary working directory (a few minutes on 2 cores), then
-checks what config/smoke.yaml says it exercises: exactly its three variants, the index of each,
-every manifest, the metrics, the sharing of artifacts between variants, the EMA teacher moving,
-rewrites with non-zero targets ending in EOS; and that a second call, from a moved checkout
-with another tracking URI, has nothing to do (issue 13 rows 1 and 7).
+Runs ``snakemake --cores 2`` in a temporary working directory (a few minutes on 2 cores), logging
+to a real ``mlflow server`` on localhost (``MLFLOW_TRACKING_URI``, as on a cluster; the default
+SQLite store runs in the paper tier), then checks what config/smoke.yaml says it exercises:
+exactly its three variants, the index of each, every manifest, the metrics, the sharing of
+artifacts between variants, the EMA teacher moving, rewrites with non-zero targets ending in EOS;
+one MLflow run per artifact key with its tags and one parent run per variant on the server
+(issue 17 row 3); and that a second call, from a moved checkout with another tracking URI, has
+nothing to do (issue 13 rows 1 and 7).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from caopd.store import verify_artifact
+from conftest import mlflow_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -32,9 +36,15 @@ def _snakemake(workdir: Path, *extra: str, root: Path = ROOT, env: dict | None =
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
+def tracking_server(tmp_path_factory) -> str:
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, tracking_server) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
-    done = _snakemake(workdir)
+    done = _snakemake(workdir, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_server})
     if done.returncode != 0:
         logs = "\n".join(p.read_text()[-3000:] for p in sorted((workdir / "logs").rglob("*.log"))[-3:])
         pytest.fail(f"snakemake failed:\n{done.stderr[-6000:]}\n--- last logs ---\n{logs}")
@@ -73,6 +83,50 @@ def test_every_variant_is_indexed_and_verifies(smoke_run):
         assert round(metrics["format_adherence"] * 40) <= expected["n"] <= 40
         if expected["n"]:
             assert 0.0 <= expected["mean_confidence"] <= 1.0
+
+
+@pytest.mark.slow
+def test_the_tracking_server_holds_one_run_per_key_and_a_parent_per_variant(smoke_run, tracking_server):
+    """Issue 17 row 3: every artifact has exactly one run on the server, tagged with its stage,
+    key, round and upstream keys, FINISHED, with its files attached; distill runs hold their
+    curves; every variant has one parent run, named by the index and its stages' runs."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_server)
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    runs = client.search_runs([experiment], max_results=5000)
+    by_key: dict[tuple[str, str], list] = {}
+    for run in runs:
+        if "caopd.key" in run.data.tags:
+            by_key.setdefault((run.data.tags["caopd.stage"], run.data.tags["caopd.key"]), []).append(run)
+    artifacts = {(p.parent.parent.name, p.parent.name): p.parent
+                 for p in (smoke_run / "results").glob("*/*/manifest.json")}
+    assert set(by_key) == set(artifacts) and len(artifacts) >= 20
+    for (stage, key), found in by_key.items():
+        assert len(found) == 1, (stage, key)
+        run, spec = found[0], json.loads((artifacts[stage, key] / "spec.json").read_text())
+        manifest = json.loads((artifacts[stage, key] / "manifest.json").read_text())
+        assert run.info.run_id == manifest["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert json.loads(run.data.tags["caopd.upstream"]) == spec["upstream"]
+        assert run.data.tags["caopd.round"] == ("" if manifest["round"] is None else str(manifest["round"]))
+        attached = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"manifest.json", "spec.json", "tracking.json"} <= attached, (stage, attached)
+        if stage == "distill":
+            import pyarrow.parquet as pq
+
+            steps = pq.read_table(artifacts[stage, key] / "curves.parquet").column("step").to_pylist()
+            history = client.get_metric_history(run.info.run_id, "loss")
+            assert sorted(m.step for m in history) == sorted(steps) and steps
+    parents = [run for run in runs if "caopd.variant" in run.data.tags]
+    assert sorted(run.data.tags["caopd.variant"] for run in parents) == ["base", "caopd", "sdft"]
+    for parent in parents:
+        variant = parent.data.tags["caopd.variant"]
+        index = json.loads((smoke_run / "results" / "index" / f"{variant}.json").read_text())
+        assert index["mlflow_run_id"] == parent.info.run_id
+        for entry in index["stages"]:
+            (child,) = by_key[entry["stage"], entry["key"]]
+            tags = client.get_run(child.info.run_id).data.tags
+            assert tags[f"caopd.variant.{variant}"] == parent.info.run_id
 
 
 @pytest.mark.slow

@@ -86,7 +86,7 @@ def test_one_parameter_changes_exactly_its_stage_and_downstream(overrides, first
 
 def test_editing_a_module_changes_exactly_the_stages_that_run_it(tmp_path):
     tree = tmp_path / "repo"
-    for part in ("caopd", "workflow"):
+    for part in ("caopd", "workflow", "config"):
         shutil.copytree(ROOT / part, tree / part, ignore=shutil.ignore_patterns("__pycache__"))
     before = build_plan(_config(), tree)
     target = tree / "caopd" / "training" / "divergence.py"

@@ -30,3 +30,10 @@ def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     )
     table = pa.Table.from_pylist(rows, schema=schema)
     pq.write_table(table, path)
+
+
+def read_curves(path: Path) -> list[dict[str, Any]]:
+    """The curve rows of a ``curves.parquet`` (``step`` and ``round`` as int, the rest float)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

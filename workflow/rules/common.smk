@@ -74,3 +74,29 @@ def get_variant_stage_table(wildcards):
 
 def get_evaluations(wildcards):
     return {v: PLAN.variants[v].get("evaluate").path for v in VARIANTS}
+
+
+# What a job asks of the machine (caopd.resources), looked up by key: resources and threads, never
+# params, so a job's layout on its allocation (GPUs, processes, CPUs) reruns nothing.
+
+
+def stage_gpus(stage):
+    """Resource function: the GPUs of a stage's job (a SLURM job asks --gpus=N)."""
+
+    def get_stage_gpus(wildcards):
+        return PLAN.spec(stage, wildcards.key).launch["gpus"]
+
+    get_stage_gpus.__name__ = f"get_{stage}_gpus"
+    return get_stage_gpus
+
+
+def get_distill_threads(wildcards):
+    return PLAN.spec("distill", wildcards.key).launch["threads"]
+
+
+def get_distill_processes(wildcards):
+    return PLAN.spec("distill", wildcards.key).launch["processes"]
+
+
+def get_distill_accelerate_config(wildcards):
+    return PLAN.spec("distill", wildcards.key).launch["accelerate_config"]

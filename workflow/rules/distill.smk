@@ -1,6 +1,8 @@
 # Stage distill(r) (DESIGN §1 step 4): the student trained on round r's examples against the EMA
 # teacher; optimizer, scheduler and teacher carried across rounds. Resumable from
-# results/.work/distill/<key>/ when a job is killed midway.
+# results/.work/distill/<key>/ when a job is killed midway. With distill.processes: N > 1 the job
+# starts `accelerate launch` of N processes (DESIGN §10): it asks for N GPUs (none with a use_cpu
+# accelerate config) and 8 threads per process; these are resources, not params or key.
 
 
 rule distill:
@@ -11,7 +13,11 @@ rule distill:
     params:
         spec=stage_preimage("distill"),
         seed=stage_seed("distill"),
-    threads: 8
+    threads: get_distill_threads
+    resources:
+        gpu=stage_gpus("distill"),
+        processes=get_distill_processes,
+        accelerate_config=get_distill_accelerate_config,
     log:
         "logs/distill/{key}.log",
     benchmark:

@@ -12,6 +12,8 @@ rule eval_rollouts:
         spec=stage_preimage("eval_rollouts"),
         seed=stage_seed("eval_rollouts"),
     threads: 8
+    resources:
+        gpu=stage_gpus("eval_rollouts"),
     log:
         "logs/eval_rollouts/{key}.log",
     benchmark:

@@ -11,6 +11,8 @@ rule rollouts:
         spec=stage_preimage("rollouts"),
         seed=stage_seed("rollouts"),
     threads: 8
+    resources:
+        gpu=stage_gpus("rollouts"),
     log:
         "logs/rollouts/{key}.log",
     benchmark:

@@ -1,0 +1,120 @@
+"""What a stage's job asks of the machine: GPUs, CPU threads and distill processes (DESIGN §10).
+
+Computed from the resolved config when the workflow is parsed, so a SLURM job of an 8-GPU preset
+asks for ``--gpus=8`` with no edit of the profile. They reach Snakemake as a rule's ``threads:``
+and ``resources:`` (``gpu``, ``processes``, ``accelerate_config``), never as params or as part of
+a key: how a job is laid out on its allocation reruns nothing.
+
+- ``distill``: ``distill.processes`` processes, one per GPU, ``THREADS_PER_PROCESS`` threads
+  each; no GPU when the accelerate config says ``use_cpu: true`` (gloo processes on CPU).
+- ``rollouts``: ``rollouts.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
+- ``eval_rollouts``: one GPU (the HF engine).
+
+Imported by the Snakefile: no torch, no accelerate, no mlflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Keys of the ``distill`` block that lay a job out on its allocation; not part of the key.
+LAUNCH_KEYS = ("processes", "accelerate_config")
+#: CPU threads a distill job asks for per process (the rule's ``threads``).
+THREADS_PER_PROCESS = 8
+#: ``distributed_type`` values of an accelerate config that caopd.training.distill runs with
+#: several processes (every process holds the whole student: DDP).
+MULTI_PROCESS_TYPES = ("MULTI_GPU",)
+#: The stages whose jobs ask for GPUs.
+GPU_STAGES = ("rollouts", "distill", "eval_rollouts")
+
+
+def distill_key_params(distill: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``distill`` block without :data:`LAUNCH_KEYS`: what enters the distill key."""
+    return {k: v for k, v in distill.items() if k not in LAUNCH_KEYS}
+
+
+def accelerate_path(value: str | Path, root: str | Path = ROOT) -> Path:
+    """``distill.accelerate_config`` as a path: a relative one is relative to the checkout."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(root) / path
+
+
+def read_accelerate_config(path: str | Path) -> dict[str, Any]:
+    """An accelerate config file as a mapping.
+
+    Raises:
+        ValueError: the file is missing, is not YAML, or is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist")
+    try:
+        body = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not YAML: {err}") from None
+    if not isinstance(body, Mapping):
+        raise ValueError(f"{path} does not hold a mapping of accelerate settings")
+    return dict(body)
+
+
+def accelerate_problem(distill: Mapping[str, Any], root: str | Path = ROOT) -> str | None:
+    """Why the distill block's accelerate config cannot run its processes, or None."""
+    path = accelerate_path(distill["accelerate_config"], root)
+    try:
+        settings = read_accelerate_config(path)
+    except ValueError as err:
+        return str(err)
+    kind = settings.get("distributed_type", "NO")
+    if distill["processes"] > 1 and kind not in MULTI_PROCESS_TYPES:
+        return (
+            f"{path} has distributed_type {kind}; with distill.processes > 1 the distill loop runs "
+            f"{' or '.join(MULTI_PROCESS_TYPES)} (data parallel), e.g. config/accelerate/ddp.yaml on "
+            "GPUs or config/accelerate/cpu_ddp.yaml on CPU"
+        )
+    return None
+
+
+def uses_gpus(distill: Mapping[str, Any], root: str | Path = ROOT) -> bool:
+    """False when the distill block's accelerate config runs on CPU (``use_cpu: true``)."""
+    settings = read_accelerate_config(accelerate_path(distill["accelerate_config"], root))
+    return not settings.get("use_cpu", False)
+
+
+def distill_threads(processes: int) -> int:
+    """CPU threads of a distill job: :data:`THREADS_PER_PROCESS` per process."""
+    return THREADS_PER_PROCESS * processes
+
+
+def process_threads(threads: int, processes: int) -> int:
+    """Torch threads of each of ``processes`` processes sharing a job's ``threads`` (at least 1)."""
+    return max(1, threads // processes)
+
+
+def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) -> dict[str, Any]:
+    """What the job of ``stage`` asks for under the resolved variant config ``cfg``.
+
+    Returns:
+        ``{}`` for CPU stages; ``{"gpus": n}`` for rollouts and eval_rollouts; for distill also
+        ``processes``, ``threads`` and ``accelerate_config`` (as configured).
+    """
+    if stage == "rollouts":
+        rollouts = cfg["rollouts"]
+        return {"gpus": rollouts["tensor_parallel_size"] if rollouts["engine"] == "vllm" else 1}
+    if stage == "eval_rollouts":
+        return {"gpus": 1}
+    if stage == "distill":
+        distill = cfg["distill"]
+        processes = distill["processes"]
+        return {
+            "gpus": processes if uses_gpus(distill, root) else 0,
+            "processes": processes,
+            "threads": distill_threads(processes),
+            "accelerate_config": distill["accelerate_config"],
+        }
+    return {}
