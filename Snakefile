@@ -2,7 +2,7 @@
 #
 #   snakemake --cores all                 # every variant in config/config.yaml (the embedded default)
 #   snakemake --cores all caopd           # one variant (ablation branch) alone
-#   snakemake --cores all --use-conda     # with the pinned environments of envs/
+#   snakemake --cores all --sdm conda     # with the pinned environments of envs/
 #   snakemake --report report.html        # figures and metrics of every variant
 #
 # Every artifact lives in results/<stage>/<key>/, its key computed from the stage's params, code
