@@ -33,6 +33,9 @@ Subcommands:
     ``--uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Exit
     status 2 when an artifact does not verify or the store cannot be used.
 
+``caopd memory --configfile X [--processes N] [--gpu-memory-gb G] [--model DIR]``
+    The per-GPU memory estimate of every training variant of X (:mod:`caopd.memory_report`).
+
 Adding a subcommand: write ``_add_<name>(subparsers)`` that registers its parser with
 ``set_defaults(handler=...)`` (a function ``args -> exit status``) and append it to
 :data:`SUBCOMMANDS`.
@@ -275,7 +278,13 @@ def _add_track(subparsers: argparse._SubParsersAction) -> None:
     add_subcommand(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate, _add_track]
+def _add_memory(subparsers: argparse._SubParsersAction) -> None:
+    from caopd.memory_report import add_subcommand
+
+    add_subcommand(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate, _add_track, _add_memory]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -127,6 +127,12 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             f"{where}: key 'evaluation.n_samples' is {ev['n_samples']} but 'evaluation.greedy' is "
             "true; set greedy: false for sampled evaluation, or n_samples: 1"
         )
+    if ev and ev["engine"] != "hf" and ev["greedy"] and ev["expected_confidence"]:
+        raise ConfigError(
+            f"{where}: key 'evaluation.expected_confidence' is true but 'evaluation.engine' is "
+            f"{ev['engine']!r}: the expected confidence reads the model's token probabilities "
+            "through the hf engine; set expected_confidence: false or engine: hf"
+        )
     task = cfg.get("task", {})
     if task and task["name"] == "arith":
         given = [split for split, path in task["paths"].items() if path is not None]
@@ -174,6 +180,12 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
                 "'online' samples from the student in training with the hf engine; use "
                 "engine: hf, or schedule: rounds for vLLM rollouts"
             )
+    if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is None:
+        raise ConfigError(
+            f"{where}: key 'task.sizes.train' is null but 'distill.rounds' is {distill['rounds']}: "
+            "the plan splits the training prompts over the rounds, so give their number (at most "
+            "the rows of task.paths.train)"
+        )
     if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is not None:
         if task["sizes"]["train"] < distill["rounds"]:
             raise ConfigError(
@@ -218,6 +230,30 @@ def check_sources(cfg: Mapping[str, Any], where: str) -> None:
         problem = source_error(source, kind="model", revision=cfg["model"]["revision"])
         if problem:
             raise ConfigError(f"{where}: key 'model.source': {problem}")
+    if cfg["distill"]["gpu_memory_gb"] is not None and cfg["distill"]["rounds"] > 0:
+        problem = memory_problem(cfg)
+        if problem:
+            raise ConfigError(f"{where}: key 'distill.gpu_memory_gb': {problem}")
+
+
+def memory_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why the variant's distill job cannot fit ``distill.gpu_memory_gb`` per GPU, or None
+    (:mod:`caopd.memory`; imports torch and transformers to count the model on the meta device)."""
+    from caopd.memory import advice, fits, format_breakdown, layout_of, memory_breakdown
+    from caopd.models.shape import model_shape
+
+    budget = cfg["distill"]["gpu_memory_gb"]
+    shape, layout = model_shape(cfg["model"]), layout_of(cfg)
+    breakdown = memory_breakdown(shape, layout)
+    if fits(breakdown, budget):
+        return None
+    fixes = advice(shape, layout, budget)
+    return (
+        f"the distill job needs about {sum(breakdown.values()) / 1024 ** 3:.1f} GiB per GPU, more than "
+        f"{budget:g} GiB allows:\n{format_breakdown(breakdown, budget)}\n"
+        + ("what would fit: " + " | ".join(fixes) if fixes else
+           "no single change fits: a smaller model or larger GPUs")
+    )
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -231,12 +267,12 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
+def resolve(config: Mapping[str, Any], *, check_disk: bool = True) -> dict[str, Any]:
     """Validate ``config`` and every variant; return ``{"base": cfg, "variants": {name: cfg}}``.
 
     Each variant's config is the base config (as written, before defaults) with the variant's
-    overrides merged in, then validated and defaulted, then checked against the disk
-    (:func:`check_sources`); it has no ``variants`` key.
+    overrides merged in, then validated and defaulted, then (``check_disk``) checked against the
+    disk (:func:`check_sources`); it has no ``variants`` key.
     """
     raw = copy.deepcopy(dict(config))
     base = validate(copy.deepcopy(raw), where="config")
@@ -254,7 +290,8 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
         merged["variants"] = {name: {}}
         resolved = validate(merged, where=f"variant '{name}'")
         del resolved["variants"]
-        check_sources(resolved, f"variant '{name}'")
+        if check_disk:
+            check_sources(resolved, f"variant '{name}'")
         variants[name] = resolved
     return {"base": base, "variants": variants}
 

@@ -8,7 +8,7 @@ a key: how a job is laid out on its allocation reruns nothing.
 - ``distill``: ``distill.processes`` processes, one per GPU, ``THREADS_PER_PROCESS`` threads
   each; no GPU when the accelerate config says ``use_cpu: true`` (gloo processes on CPU).
 - ``rollouts``: ``rollouts.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
-- ``eval_rollouts``: one GPU (the HF engine).
+- ``eval_rollouts``: ``evaluation.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
 
 Imported by the Snakefile: no torch, no accelerate, no mlflow.
 """
@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Keys of the ``distill`` block that lay a job out on its allocation; not part of the key.
-LAUNCH_KEYS = ("processes", "accelerate_config")
+LAUNCH_KEYS = ("processes", "accelerate_config", "sharding", "gradient_checkpointing", "gpu_memory_gb")
 #: CPU threads a distill job asks for per process (the rule's ``threads``).
 THREADS_PER_PROCESS = 8
 #: ``distributed_type`` values of an accelerate config that caopd.training.distill runs with
@@ -107,7 +107,8 @@ def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) ->
         rollouts = cfg["rollouts"]
         return {"gpus": rollouts["tensor_parallel_size"] if rollouts["engine"] == "vllm" else 1}
     if stage == "eval_rollouts":
-        return {"gpus": 1}
+        evaluation = cfg["evaluation"]
+        return {"gpus": evaluation["tensor_parallel_size"] if evaluation["engine"] == "vllm" else 1}
     if stage == "distill":
         distill = cfg["distill"]
         processes = distill["processes"]

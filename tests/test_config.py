@@ -183,3 +183,21 @@ def test_snakemake_dry_run_refuses_a_config_that_cannot_run(tmp_path):
     )
     assert done.returncode != 0
     assert "key 'model.source': '/nonexistent/path' does not exist" in done.stdout + done.stderr
+
+
+def test_vllm_evaluation_needs_no_expected_confidence_and_asks_for_its_gpus():
+    """evaluation.engine: vllm runs eval_rollouts through vLLM (same schema); the expected
+    confidence reads the hf engine's token probabilities, so the pair is refused at load."""
+    from caopd.resources import stage_launch
+
+    vllm = {"evaluation": {"engine": "vllm", "tensor_parallel_size": 2}}
+    with pytest.raises(ConfigError, match=r"key 'evaluation\.expected_confidence' is true but 'evaluation\.engine'"):
+        resolve(deep_merge(_raw(), vllm))
+    ok = resolve(deep_merge(_raw(), deep_merge(vllm, {"evaluation": {"expected_confidence": False}})))
+    assert stage_launch("eval_rollouts", ok["variants"]["caopd"]) == {"gpus": 2}
+    assert stage_launch("eval_rollouts", resolve(_raw())["variants"]["caopd"]) == {"gpus": 1}
+
+
+def test_training_needs_a_number_of_training_prompts():
+    with pytest.raises(ConfigError, match=r"key 'task\.sizes\.train' is null but 'distill\.rounds' is 1"):
+        resolve(deep_merge(_raw(), {"task": {"sizes": {"train": None}}}))

@@ -123,7 +123,9 @@ def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out
 
 def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
                         threads: int = 1) -> dict[str, Any]:
-    """eval_rollouts: the final model's answers on the eval split (greedy by default)."""
+    """eval_rollouts: the final model's answers on the eval split (greedy by default), through
+    ``evaluation.engine`` (hf or vllm, the schema of :class:`caopd.rollouts.engine.RolloutRecord`
+    either way)."""
     cfg = params["evaluation"]
     sampling = SamplingConfig(
         n=cfg["n_samples"],
@@ -132,8 +134,9 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
         max_new_tokens=cfg["max_new_tokens"],
         batch_size=cfg["batch_size"],
     )
+    options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
     return sample_rollouts(
         data_dir=inputs["data"], model_artifact=inputs["model"], split=params["split"], sampling=sampling,
-        engine="hf", seed=seed, out=out, threads=threads,
+        engine=cfg["engine"], seed=seed, out=out, threads=threads, engine_options=options,
         expected_confidence=cfg["greedy"] and cfg["expected_confidence"],
     )
