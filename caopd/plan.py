@@ -327,7 +327,8 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         student = distill
 
     generation = {key: cfg["evaluation"][key] for key in (
-        "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size", "expected_confidence")}
+        "engine", "tensor_parallel_size", "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size",
+        "expected_confidence")}
     split = cfg["evaluation"]["split"]
     eval_roll = _spec(
         "eval_rollouts", None, {"evaluation": generation, "split": split}, root, launch["eval_rollouts"],

@@ -51,6 +51,7 @@ def build_tiny_model(
     num_attention_heads: int = 4,
     num_key_value_heads: int = 2,
     vocab_size: int = 300,
+    max_positions: int = 256,
     seed: int = 0,
 ) -> Path:
     """Build and save a tiny random Qwen2 causal LM plus its chat tokenizer into ``directory``.
@@ -59,6 +60,8 @@ def build_tiny_model(
     strings with Qwen2's pre-tokenizer; eos is ``<|im_end|>``, pad is ``<|pad|>`` (eos != pad),
     no bos. After saving, the tokenizer is reloaded with ``AutoTokenizer`` and the ids of a few
     probe strings are compared with the original's; a mismatch raises ``RuntimeError``.
+    ``max_positions`` is the RoPE context (no weights depend on it): raise it for the science and
+    tool-use prompts (thousands of tokens with this small vocabulary).
 
     Returns the directory (a ``Path``), loadable with ``from_pretrained``.
     """
@@ -80,7 +83,7 @@ def build_tiny_model(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
         num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=256,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -572,6 +572,9 @@ def train_round(
         "world_size": acc.num_processes,
         "resumed_from": run.resumed_from,
         "seconds": time.perf_counter() - started,
+        # CUDA only: this process's peak allocated bytes (benchmarks/gpu_check.py sets it beside
+        # the caopd.memory estimate); absent on CPU, so CPU artifacts are unchanged
+        **({"peak_gpu_memory_bytes": torch.cuda.max_memory_allocated()} if torch.cuda.is_available() else {}),
         **extra,
     }
 
