@@ -28,6 +28,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
+@pytest.fixture(scope="session")
+def qwen3_8b_shape_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen3-8B's architecture as a model directory holding its ``config.json`` only (no weights,
+    nothing downloaded): what a dry run and the memory planner read of a model."""
+    from transformers import Qwen3Config
+
+    directory = tmp_path_factory.mktemp("qwen3_8b_shape")
+    Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
+                max_position_embeddings=40960, rope_theta=1000000.0).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def sharp_engine(tiny_model_dir: Path):
     """An ``HFEngine`` on the random tiny model with every weight matrix scaled by 10.

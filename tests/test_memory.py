@@ -100,23 +100,11 @@ def test_a_config_that_cannot_fit_the_declared_gpu_is_refused_at_load():
     resolve(deep_merge(raw, {"distill": {"gpu_memory_gb": 80}}))      # the tiny model fits
 
 
-@pytest.fixture(scope="module")
-def qwen3_8b_shape(tmp_path_factory) -> Path:
-    """Qwen3-8B's architecture (its config.json: no weights, nothing downloaded)."""
-    from transformers import Qwen3Config
-
-    directory = tmp_path_factory.mktemp("qwen3_8b_shape")
-    Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-                max_position_embeddings=40960, rope_theta=1000000.0).save_pretrained(directory)
-    return directory
-
-
-def test_the_8b_preset_fits_8_gpus_and_is_refused_on_one(qwen3_8b_shape, capsys):
+def test_the_8b_preset_fits_8_gpus_and_is_refused_on_one(qwen3_8b_shape_dir, capsys):
     preset = str(ROOT / "config" / "presets" / "qwen3_8b_science.yaml")
-    assert cli_main(["memory", "--configfile", preset, "--model", str(qwen3_8b_shape)]) == 0
+    assert cli_main(["memory", "--configfile", preset, "--model", str(qwen3_8b_shape_dir)]) == 0
     out = capsys.readouterr().out
     assert "8.19B parameters, 8 process(es), sharding fsdp2" in out and "fits" in out
-    assert cli_main(["memory", "--configfile", preset, "--model", str(qwen3_8b_shape), "--processes", "1"]) == 2
+    assert cli_main(["memory", "--configfile", preset, "--model", str(qwen3_8b_shape_dir), "--processes", "1"]) == 2
     out = capsys.readouterr().out
     assert "does not fit; what would: shard over 8 GPUs (distill.processes: 8, distill.sharding: fsdp2)" in out

@@ -36,23 +36,12 @@ def test_a_preset_has_the_papers_settings(name):
     assert stage_launch("distill", cfg)["gpus"] == 8 and stage_launch("eval_rollouts", cfg)["gpus"] == 1
 
 
-@pytest.fixture(scope="module")
-def qwen3_8b_dir(tmp_path_factory) -> Path:
-    from transformers import Qwen3Config
-
-    directory = tmp_path_factory.mktemp("qwen3_8b_shape")
-    Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
-                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
-                max_position_embeddings=40960, rope_theta=1000000.0).save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is missing")
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_a_preset_dry_runs_its_whole_dag(name, qwen3_8b_dir, tmp_path):
+def test_a_preset_dry_runs_its_whole_dag(name, qwen3_8b_shape_dir, tmp_path):
     raw = yaml.safe_load((ROOT / "config" / "presets" / name).read_text())
     rows = str(SHARED / PRESETS[name])
-    cfg = deep_merge(raw, {"model": {"source": str(qwen3_8b_dir)}, "task": {"paths": {"train": rows, "eval": rows}}})
+    cfg = deep_merge(raw, {"model": {"source": str(qwen3_8b_shape_dir)}, "task": {"paths": {"train": rows, "eval": rows}}})
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     done = subprocess.run(
