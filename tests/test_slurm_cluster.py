@@ -132,6 +132,11 @@ def test_every_job_asks_for_its_partition_gpus_cpus_and_time(slurm_run):
     default = settings["default-resources"]
     assert "slurm_account" not in default and "cpus_per_task" not in default and "use-conda" not in settings
     jobs = [job for job in scontrol_jobs() if job.get("WorkDir") == str(slurm_run)]
+    # kept beside the run for a reader (the closing note quotes a GPU job's lines)
+    (slurm_run / "scontrol_jobs.txt").write_text(
+        "\n".join(" ".join(f"{k}={job.get(k, '')}" for k in ("JobId", "Comment", "JobState", "Partition",
+                                                            "NumCPUs", "TresPerJob", "TimeLimit", "RunTime"))
+                  for job in jobs) + "\n")
     seen: dict[str, int] = {}
     for job in jobs:
         rule = re.fullmatch(r"rule_(\w+?)_wildcards_.*|rule_(\w+)", job["Comment"])
