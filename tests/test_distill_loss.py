@@ -49,7 +49,7 @@ def grads(x: dict, loss: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, [x[n] for n in names]))
 
 
-@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "kl_mix"])
 @pytest.mark.parametrize("chunk_size", [1, 3, N, N + 5])
 def test_chunked_equals_vanilla_loss_and_gradients(kind: str, chunk_size: int) -> None:
     x = make_inputs(bias=chunk_size == 3)
@@ -62,6 +62,18 @@ def test_chunked_equals_vanilla_loss_and_gradients(kind: str, chunk_size: int) -
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stats.divergence_sum.double(), ref.detach(), atol=1e-5, rtol=1e-5)
     assert not stats.divergence_sum.requires_grad
+
+
+@pytest.mark.parametrize(("lam", "kind"), [(0.0, "forward_kl"), (1.0, "reverse_kl")])
+def test_chunked_kl_mix_at_its_ends_is_the_kl(lam: float, kind: str) -> None:
+    """KL mix at λ = 0 is forward KL and at λ = 1 reverse KL: the same loss and gradients."""
+    x = make_inputs()
+    names = ["student_hidden", "student_head"]
+    mixed, _ = chunked_divergence_loss(kind="kl_mix", beta=lam, chunk_size=3, **x)
+    plain, _ = chunked_divergence_loss(kind=kind, beta=0.5, chunk_size=3, **x)
+    torch.testing.assert_close(mixed, plain, atol=1e-6, rtol=1e-6)
+    for got, want in zip(grads(x, mixed, names), grads(x, plain, names)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
 def test_stats_entropy_and_counts() -> None:

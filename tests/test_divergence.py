@@ -9,7 +9,7 @@ import torch
 
 from caopd.training.divergence import DIVERGENCES, get_divergence, token_divergence
 
-KINDS = ["forward_kl", "reverse_kl", "jsd"]
+KINDS = ["forward_kl", "reverse_kl", "jsd", "kl_mix"]
 
 
 def kl(p: list[float], q: list[float]) -> float:
@@ -23,7 +23,7 @@ def logits_of(p: list[float]) -> torch.Tensor:
 def test_registry_names_and_metadata() -> None:
     assert set(DIVERGENCES) == set(KINDS)
     assert [d.name for d in DIVERGENCES.values() if d.reference_default] == ["forward_kl"]
-    assert [d.name for d in DIVERGENCES.values() if d.uses_beta] == ["jsd"]
+    assert [d.name for d in DIVERGENCES.values() if d.uses_beta] == ["jsd", "kl_mix"]
     assert not any(d.higher_is_better for d in DIVERGENCES.values())
 
 
@@ -169,3 +169,22 @@ def test_teacher_zero_probability_entries_count_as_zero() -> None:
     assert torch.isfinite(out)
     assert out.item() == pytest.approx(kl(p_t, p_s), abs=1e-12)
     assert torch.isfinite(token_divergence(s, t, "jsd", beta=0.5))
+
+
+def test_kl_mix_at_zero_and_one_is_exactly_forward_and_reverse() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
+    assert torch.equal(token_divergence(s, t, "kl_mix", 0.0), token_divergence(s, t, "forward_kl"))
+    assert torch.equal(token_divergence(s, t, "kl_mix", 1.0), token_divergence(s, t, "reverse_kl"))
+
+
+def test_kl_mix_by_hand() -> None:
+    p, q = [0.5, 0.3, 0.2], [0.2, 0.5, 0.3]
+    got = token_divergence(logits_of(q), logits_of(p), "kl_mix", 0.25).item()
+    assert got == pytest.approx(0.25 * kl(q, p) + 0.75 * kl(p, q), rel=1e-12)
+
+
+@pytest.mark.parametrize("lam", [-0.1, 1.5, float("nan"), True])
+def test_kl_mix_lambda_outside_the_unit_interval_raises(lam: float) -> None:
+    with pytest.raises(ValueError, match="kl_mix lambda"):
+        get_divergence("kl_mix", lam)

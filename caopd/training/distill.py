@@ -135,11 +135,17 @@ class DistillConfig:
     chunk_size: int
     checkpoint_every: int
     batching: str = "examples"
+    kl_mix_lambda: float | None = None
+
+    @property
+    def divergence_param(self) -> float:
+        """What the divergence takes as ``beta``: ``kl_mix_lambda`` for kl_mix, else ``jsd_beta``."""
+        return self.kl_mix_lambda if self.divergence == "kl_mix" else self.jsd_beta
 
     def __post_init__(self) -> None:
         from caopd.training.divergence import get_divergence
 
-        get_divergence(self.divergence, self.jsd_beta)
+        get_divergence(self.divergence, self.divergence_param)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.batching not in BATCHINGS:
@@ -376,7 +382,7 @@ def _setup(
     optimizer = build_optimizer(student, cfg)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio)
     teacher.to(accelerator.device)
-    objective = StudentObjective(student, cfg.divergence, cfg.jsd_beta, cfg.chunk_size)
+    objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size)
     prepared = accelerator.prepare(objective, optimizer, scheduler)
     source = make_source(accelerator, accelerator.unwrap_model(prepared[0]).model)
     start = TrainerState(

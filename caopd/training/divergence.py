@@ -25,6 +25,13 @@ Convention (used by every function here):
   χ²(p_T ‖ p_S) = Σ (p_T − p_S)² / p_S. The unscaled JSD_β goes to 0 at both ends.
 
   At ``beta = 0.5`` it is the symmetric JSD, bounded by log 2.
+- ``kl_mix`` (KL mixing, shared/PAPER.md "KL direction × prefix source"), with λ in [0, 1] passed
+  as ``beta`` (``distill.kl_mix_lambda``):
+
+      KL_mix_λ = λ · KL(p_S ‖ p_T) + (1 − λ) · KL(p_T ‖ p_S)
+
+  At λ = 0 it is ``forward_kl`` and at λ = 1 ``reverse_kl``, exactly (the other term is
+  multiplied by 0.0).
 
 Precision: logits are cast up to at least float32 before the softmax (float16/bfloat16/float32
 inputs are computed in float32, float64 inputs stay float64); nothing is computed in bf16.
@@ -46,7 +53,7 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
+DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd", "kl_mix"]
 
 DivergenceFn = Callable[[Tensor, Tensor, float], Tensor]
 
@@ -92,6 +99,23 @@ def jsd_from_log_probs(student_logp: Tensor, teacher_logp: Tensor, beta: float) 
     teacher_term = kl_from_log_probs(teacher_logp, mixture_logp)
     student_term = kl_from_log_probs(student_logp, mixture_logp)
     return beta * teacher_term + (1.0 - beta) * student_term
+
+
+def kl_mix_from_log_probs(student_logp: Tensor, teacher_logp: Tensor, beta: float) -> Tensor:
+    """λ · KL(p_S ‖ p_T) + (1 − λ) · KL(p_T ‖ p_S) per position with λ = ``beta`` in [0, 1].
+
+    Shapes: Tensor[..., V] -> Tensor[...].
+    """
+    check_kl_mix_lambda(beta)
+    reverse = kl_from_log_probs(student_logp, teacher_logp)
+    forward = kl_from_log_probs(teacher_logp, student_logp)
+    return beta * reverse + (1.0 - beta) * forward
+
+
+def check_kl_mix_lambda(lam: float) -> None:
+    """Raise ValueError unless 0 <= lam <= 1 (the weight of the reverse KL in ``kl_mix``)."""
+    if not (isinstance(lam, (int, float)) and not isinstance(lam, bool) and 0.0 <= lam <= 1.0):
+        raise ValueError(f"kl_mix lambda={lam!r} must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
 
 
 def check_jsd_beta(beta: float) -> None:
@@ -147,6 +171,12 @@ DIVERGENCES: dict[str, Divergence] = {
             uses_beta=True,
             formula="beta*KL(p_T || M) + (1-beta)*KL(p_S || M), M = beta*p_T + (1-beta)*p_S",
         ),
+        Divergence(
+            name="kl_mix",
+            fn=kl_mix_from_log_probs,
+            uses_beta=True,
+            formula="lambda*KL(p_S || p_T) + (1-lambda)*KL(p_T || p_S)",
+        ),
     )
 }
 
@@ -155,13 +185,16 @@ def get_divergence(kind: str, beta: float = 0.5) -> Divergence:
     """Look up ``kind`` in :data:`DIVERGENCES`, validating ``beta`` where it is used.
 
     Raises:
-        ValueError: unknown ``kind``, or ``kind='jsd'`` with beta outside (0, 1).
+        ValueError: unknown ``kind``, ``kind='jsd'`` with beta outside (0, 1), or
+            ``kind='kl_mix'`` with beta (λ) outside [0, 1].
     """
     if kind not in DIVERGENCES:
         raise ValueError(f"divergence kind={kind!r} is not one of {sorted(DIVERGENCES)}")
     divergence = DIVERGENCES[kind]
-    if divergence.uses_beta:
+    if kind == "jsd":
         check_jsd_beta(beta)
+    elif kind == "kl_mix":
+        check_kl_mix_lambda(beta)
     return divergence
 
 

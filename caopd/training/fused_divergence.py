@@ -17,6 +17,8 @@ p_S = softmax(z), p_T the teacher's, derived by the softmax chain rule
 
 - forward KL(p_T ‖ p_S):  g_v = −p_T,v / p_S,v           ->  ∂D/∂z = p_S − p_T
 - reverse KL(p_S ‖ p_T):  g_v = log p_S,v − log p_T,v + 1 ->  ∂D/∂z = p_S ⊙ (log p_S − log p_T − D)
+- KL mix λ·KL(p_S ‖ p_T) + (1 − λ)·KL(p_T ‖ p_S): the same combination of the two above,
+  ∂D/∂z = λ p_S ⊙ (log p_S − log p_T − KL(p_S ‖ p_T)) + (1 − λ)(p_S − p_T)
 - JSD_β (M = β p_T + (1 − β) p_S, D = β KL(p_T‖M) + (1 − β) KL(p_S‖M)):
   g_v = (1 − β)(log p_S,v − log M_v)   ->  ∂D/∂z = (1 − β) p_S ⊙ (log p_S − log M − KL(p_S ‖ M))
 
@@ -119,8 +121,8 @@ def divergence_chunk(
         student_hidden: Tensor[n, H_s]; teacher_hidden: Tensor[n, H_t]; weights: Tensor[n]; all
             in the compute dtype.
         student, teacher: the two heads (:class:`Head`).
-        kind: ``forward_kl``, ``reverse_kl`` or ``jsd`` (validated by the caller); beta: the
-            jsd mixture weight in (0, 1).
+        kind: ``forward_kl``, ``reverse_kl``, ``jsd`` or ``kl_mix`` (validated by the caller);
+            beta: the jsd mixture weight in (0, 1), or kl_mix's λ in [0, 1].
         buffers: four Tensor[≥n, V] scratch buffers in the compute dtype (overwritten).
         want_grad: compute the gradient.
         unit_weights: every weight is 1 (skips one n×V multiplication).
@@ -146,6 +148,16 @@ def divergence_chunk(
         y.sub_(x).neg_()  # log p_S − log p_T
         divergence = _rowdot(m, y)
         grad = y.sub_(divergence.unsqueeze(1)).mul_(m) if want_grad else None
+    elif kind == "kl_mix":
+        y.sub_(x)  # log p_T − log p_S
+        forward = _rowdot(s, y)
+        y.neg_()  # log p_S − log p_T
+        reverse = _rowdot(m, y)
+        divergence = beta * reverse + (1.0 - beta) * forward
+        grad = None
+        if want_grad:
+            grad = y.sub_(reverse.unsqueeze(1)).mul_(m).mul_(beta)  # λ p_S (log p_S − log p_T − KL_rev)
+            grad.add_(s.sub_(m).mul_(beta - 1.0))  # + (1 − λ)(p_S − p_T)
     else:
         # log M = log(1 − β) + logaddexp(log p_S, log p_T + log(β / (1 − β)))
         torch.add(y, math.log(beta) - math.log1p(-beta), out=s)
