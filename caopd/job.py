@@ -129,7 +129,8 @@ def check_code_unchanged(preimage: Mapping[str, Any], root: str | Path) -> None:
     Keys are computed when Snakemake parses the workflow, but a job imports the modules when it
     starts: an edit in between would publish an artifact under a key that names other code.
     """
-    from caopd.plan import STAGE_CODE, code_fingerprint
+    from caopd.hashing import code_fingerprint
+    from caopd.plan import STAGE_CODE
 
     stage = preimage["stage"]
     if stage not in STAGE_CODE:

@@ -9,7 +9,7 @@ import pytest
 
 from caopd.data import write_split
 from caopd.evaluation.work_agreement import agreement, main, variant_agreement
-from caopd.plan import canonical_json
+from caopd.hashing import canonical_json
 from caopd.rollouts.engine import RolloutRecord, write_rollouts
 from caopd.tasks import arith
 from caopd.tasks.arith import response, work_line

@@ -7,7 +7,7 @@
   time): the artifact holds ``model_ref.json`` with the resolved directory, the revision and the
   sha256 of every file, and :func:`model_dir` hands that directory to the later stages after
   checking every file against those digests (a changed file is an error naming it). A local
-  directory's digests are also in the key (:func:`caopd.plan.model_fingerprint`), and the job
+  directory's digests are also in the key (:func:`caopd.sources.model_fingerprint`), and the job
   refuses a directory that changed between planning and running. The same code path loads
   ``Qwen/Qwen3-8B`` on a cluster whose cache or shared disk holds it.
 """

@@ -272,7 +272,7 @@ class _Run:
 def run_identity(params: Mapping[str, Any], seed: int, inputs: Mapping[str, Path]) -> dict[str, Any]:
     """What a resume checkpoint must belong to: the params, the seed and the sha256 of the
     files the round trains from (``inputs``: name -> file)."""
-    from caopd.plan import sha256_file
+    from caopd.hashing import sha256_file
 
     return {
         "params": json.loads(json.dumps(params, sort_keys=True)),

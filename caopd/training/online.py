@@ -130,7 +130,7 @@ def window_seed(seed: int, round_: int, window: int) -> int:
 
 def window_files(directory: Path) -> dict[str, str]:
     """``{file name: sha256}`` of a window directory's files."""
-    from caopd.plan import sha256_file
+    from caopd.hashing import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
 

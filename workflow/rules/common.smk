@@ -9,7 +9,8 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from caopd.config import resolve
-from caopd.plan import COMPARE_CODE, INDEX_CODE, build_plan, code_fingerprint
+from caopd.hashing import code_fingerprint
+from caopd.plan import COMPARE_CODE, INDEX_CODE, build_plan
 
 RESOLVED = resolve(config)
 PLAN = build_plan(RESOLVED, root=workflow.basedir)
