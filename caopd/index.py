@@ -109,7 +109,8 @@ def training_targets(artifact: str | Path):
     """
     import pandas as pd
 
-    from caopd.targets import TARGETS_FILE, read_frame
+    from caopd.parquet import read_frame
+    from caopd.targets import TARGETS_FILE
 
     artifact = Path(artifact)
     if (artifact / TARGETS_FILE).is_file():

@@ -389,14 +389,14 @@ def _examples_schema() -> pa.Schema:
 def write_examples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write ``rows`` (from :func:`build_examples`) as Parquet, sorted by
     ``(prompt_id, sample_index)``; NaN ``stated_confidence`` is stored as null."""
-    from caopd.targets import write_table
+    from caopd.parquet import table_from_columns, write_table
 
     ordered = sorted(rows, key=lambda row: (row["prompt_id"], row["sample_index"]))
     columns = {name: [row[name] for row in ordered] for name in EXAMPLE_COLUMNS}
     columns["stated_confidence"] = [
         None if value != value else value for value in columns["stated_confidence"]
     ]
-    return write_table(columns, _examples_schema(), path)
+    return write_table(table_from_columns(columns, _examples_schema()), path)
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:

@@ -13,8 +13,8 @@ Output directory of :func:`run_targets`:
 - ``targets.parquet`` – one row per prompt with rollouts (:data:`PROMPT_COLUMNS`), sorted by
   ``prompt_id``.
 
-Both are written with a fixed Arrow schema, no pandas index or metadata, so equal inputs give
-byte-identical files.
+Both are written by :func:`caopd.parquet.write_frame` with a fixed Arrow schema, no pandas index
+or metadata, so equal inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from caopd.confidence import format_confidence, parse_confidence
+from caopd.parquet import read_frame, write_frame
 from caopd.tasks import get_task
 from caopd.tasks.base import Example
 
@@ -255,68 +256,6 @@ def _prompt_schema() -> pa.Schema:
             pa.field("level", pa.int32()),
         ]
     )
-
-
-def _cell(value: Any) -> Any:
-    """A DataFrame cell as a plain Python value for Arrow: NaN / NA / None -> None."""
-    import pandas as pd
-
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if value is None or pd.isna(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def write_table(columns: dict[str, list[Any]], schema: pa.Schema, path: str | Path) -> Path:
-    """Write ``columns`` (name -> values, in row order) as Parquet with ``schema``.
-
-    Fixed settings (zstd, one row group, dictionary encoding, statistics) and no pandas
-    metadata, so the bytes depend only on the values.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
-    path = Path(path)
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        row_group_size=max(table.num_rows, 1),
-        use_dictionary=True,
-        write_statistics=True,
-    )
-    return path
-
-
-def write_frame(frame: pd.DataFrame, schema: pa.Schema, path: str | Path) -> Path:
-    """Write the ``schema`` columns of ``frame`` as Parquet (no index; NaN/NA stored as null)."""
-    columns = {f.name: [_cell(v) for v in frame[f.name].tolist()] for f in schema}
-    return write_table(columns, schema, path)
-
-
-def read_frame(path: str | Path) -> pd.DataFrame:
-    """A Parquet file written by :func:`write_frame` as a DataFrame.
-
-    Nulls come back as NaN in float columns, as None in string columns (object dtype, as
-    :func:`compute_targets` makes them), and as ``pandas.NA`` in integer columns (which then
-    have the nullable ``Int64`` dtype).
-    """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    frame = table.to_pandas()
-    for field in table.schema:
-        if not table.column(field.name).null_count:
-            continue
-        if pa.types.is_integer(field.type):
-            frame[field.name] = frame[field.name].astype("Int64")
-        elif pa.types.is_string(field.type):
-            frame[field.name] = pd.Series(table.column(field.name).to_pylist(), dtype=object)
-    return frame
 
 
 def read_targets(targets_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

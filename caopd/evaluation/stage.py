@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from caopd.data import read_split
+from caopd.parquet import table_from_pandas, write_table
 from caopd.store import write_json
 
 METRICS_FILE = "metrics.json"
@@ -62,7 +63,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     metrics["task"] = params["task"]
     metrics["n_questions"] = int(np.unique(groups).size)
     metrics["split"] = split
-    scored.to_parquet(Path(out) / SCORED_FILE, index=False)
+    write_table(table_from_pandas(scored), Path(out) / SCORED_FILE, compression="snappy")
     write_json(Path(out) / METRICS_FILE, to_jsonable(metrics))
     return {k: metrics[k] for k in ("n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "spr")}
 

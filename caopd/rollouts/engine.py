@@ -12,8 +12,6 @@ This module imports no torch, transformers or vLLM: engines are registered by im
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,33 +247,14 @@ def write_rollouts(records: Sequence[RolloutRecord], path: str | Path) -> Path:
     Rows are sorted by ``(prompt_id, sample_index)``; schema, row-group size and zstd compression
     are fixed and no pandas metadata is stored, so the bytes depend only on the records.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from caopd.parquet import table_from_columns, write_table
 
     ordered = sorted(records, key=lambda r: (r.prompt_id, r.sample_index))
     keys = [(r.prompt_id, r.sample_index) for r in ordered]
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate (prompt_id, sample_index) in rollout records")
     columns = {name: [getattr(r, name) for r in ordered] for name in _COLUMNS}
-    table = pa.Table.from_pydict(columns, schema=_schema())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=max(len(ordered), 1),
-            use_dictionary=True,
-            write_statistics=True,
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_table(table_from_columns(columns, _schema()), path)
 
 
 def read_rollouts(path: str | Path) -> list[RolloutRecord]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from caopd.data import read_split
 from caopd.models.base import model_dir
+from caopd.parquet import write_table
 from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
 
 ROLLOUTS_FILE = "rollouts.parquet"
@@ -75,7 +76,6 @@ def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_
     """Score ``records`` with :func:`caopd.evaluation.expected_confidence.expected_confidences`
     on the engine's own model and write them beside the rollouts; a summary for the manifest."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from caopd.evaluation import expected_confidence as ec
 
@@ -92,7 +92,7 @@ def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_
         "sample_index": pa.array([r.sample_index for r in records], pa.int32()),
         "expected_confidence": pa.array(values, pa.float64()),
     })
-    pq.write_table(table, Path(out) / EXPECTED_FILE)
+    write_table(table, Path(out) / EXPECTED_FILE, compression="snappy")
     scored = [v for v in values if v is not None]
     return {
         "expected_confidence_rows": len(scored),
