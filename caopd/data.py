@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import split_file
 from caopd.tasks import get_task
 from caopd.tasks.base import Example, TaskDataError
 
@@ -26,7 +27,7 @@ def write_split(path: str | Path, examples: list[Example]) -> None:
 
 def read_split(data_dir: str | Path, split: str) -> list[Example]:
     """The examples of one split of a prepare_data artifact."""
-    path = Path(data_dir) / f"{split}.jsonl"
+    path = Path(data_dir) / split_file(split)
     rows = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -49,7 +50,7 @@ def prepare_data(params: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
         for i, ex in enumerate(examples):
             if not ex.ground_truth:
                 raise TaskDataError(f"{split} row {i} ({ex.id}): no ground truth")
-        write_split(out / f"{split}.jsonl", examples)
+        write_split(out / split_file(split), examples)
         summary[f"n_{split}"] = len(examples)
         levels = Counter(ex.level for ex in examples if ex.level is not None)
         if levels:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from caopd.store import Publication, verify_artifact, write_json
-from caopd.tracking import RECORD_FILE, StageRecord
+from caopd.artifacts import MANIFEST, RECORD_FILE, SPEC
+from caopd.tracking import StageRecord
 
 log = logging.getLogger("caopd")
 
@@ -199,7 +200,7 @@ def open_job(
     log.info("stage %s key %s: start (inputs: %s)", job.stage, key, dict(inputs))
     try:
         yield job
-        record.artifacts += ["manifest.json", "spec.json", RECORD_FILE]
+        record.artifacts += [MANIFEST, SPEC, RECORD_FILE]
         write_json(pub.work / RECORD_FILE, record.as_json())
         manifest = pub.publish(
             {"round": job.round, "seed": job.seed, "result": job.result,
@@ -214,7 +215,7 @@ def open_job(
     # published: from here on nothing may fail the job (Snakemake would delete the artifact)
     if tracker is not None:
         try:
-            for name in ("manifest.json", "spec.json", RECORD_FILE):
+            for name in (MANIFEST, SPEC, RECORD_FILE):
                 tracker.upload(output / name)
             tracker.end()
         except Exception as err:  # noqa: BLE001 - StageRun already swallows; belt and braces

@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from caopd.artifacts import EXAMPLES_FILE, PREVIEW_FILE, ROLLOUTS_FILE
 from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public functions
     _decode,  # the rollouts' text decoding, for the label count
     confidence_suffix_ids,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from caopd.rollouts.engine import RolloutRecord
 
-EXAMPLES_FILE = "examples.parquet"
-PREVIEW_FILE = "preview.jsonl"
 PREVIEW_ROWS = 20
 
 EXAMPLE_COLUMNS = (
@@ -452,7 +451,7 @@ def run_rewrite(
 
     from caopd.data import read_split
     from caopd.rollouts.engine import read_rollouts
-    from caopd.targets import ROLLOUTS_FILE, read_targets
+    from caopd.targets import read_targets
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     examples = read_split(data_dir, "train")

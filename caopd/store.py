@@ -31,11 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import CHECKSUMS, MANIFEST, SPEC
 from caopd.hashing import digest, sha256_file
 
-MANIFEST = "manifest.json"
-SPEC = "spec.json"
-CHECKSUMS = "checksums.json"
 PROVENANCE_PACKAGES = (
     "caopd",
     "torch",

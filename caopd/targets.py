@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from caopd.artifacts import ROLLOUTS_FILE, SCORED_ROLLOUTS_FILE, TARGETS_FILE
 from caopd.confidence import format_confidence, parse_confidence
 from caopd.parquet import read_frame, write_frame
 from caopd.tasks import get_task
@@ -34,10 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import pyarrow as pa
 
     from caopd.rollouts.engine import RolloutRecord
-
-ROLLOUTS_FILE = "rollouts.parquet"
-SCORED_FILE = "rollouts_scored.parquet"
-TARGETS_FILE = "targets.parquet"
 
 ROLLOUT_COLUMNS = (
     "prompt_id",
@@ -261,7 +258,7 @@ def _prompt_schema() -> pa.Schema:
 def read_targets(targets_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per_rollout, per_prompt)`` frames of a targets artifact."""
     targets_dir = Path(targets_dir)
-    return read_frame(targets_dir / SCORED_FILE), read_frame(targets_dir / TARGETS_FILE)
+    return read_frame(targets_dir / SCORED_ROLLOUTS_FILE), read_frame(targets_dir / TARGETS_FILE)
 
 
 def run_targets(
@@ -296,5 +293,5 @@ def write_targets(per_rollout: pd.DataFrame, per_prompt: pd.DataFrame, out_dir: 
     ``targets.parquet`` in ``out_dir`` (created if absent); :func:`read_targets` reads them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_FILE)
+    write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_ROLLOUTS_FILE)
     write_frame(per_prompt, _prompt_schema(), out_dir / TARGETS_FILE)

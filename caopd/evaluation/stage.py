@@ -17,12 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import EXPECTED_FILE, METRICS_FILE, ROLLOUTS_FILE, SCORED_FILE
 from caopd.data import read_split
 from caopd.parquet import table_from_pandas, write_table
 from caopd.store import write_json
 
-METRICS_FILE = "metrics.json"
-SCORED_FILE = "scored.parquet"
 
 
 def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int) -> dict[str, Any]:
@@ -31,7 +30,6 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
 
     from caopd.evaluation.summary import score_rows, summarize, to_jsonable
     from caopd.rollouts.engine import read_rollouts
-    from caopd.rollouts.stage import EXPECTED_FILE, ROLLOUTS_FILE
 
     split = params.get("split", "eval")
     examples = {ex.id: ex for ex in read_split(inputs["data"], split)}

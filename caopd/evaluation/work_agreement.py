@@ -75,7 +75,7 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
     from caopd.data import read_split
     from caopd.index import read_index, stage_dirs
     from caopd.rollouts.engine import read_rollouts
-    from caopd.rollouts.stage import ROLLOUTS_FILE
+    from caopd.artifacts import ROLLOUTS_FILE, SPEC
 
     root = index_path.parent.parent.parent
     index = read_index(index_path.parent, index_path.stem)
@@ -85,7 +85,7 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
         if not dirs:
             raise FileNotFoundError(f"{index_path}: no {stage} stage yet; run the variant first")
         paths[stage] = dirs[0]
-    split = json.loads((paths["eval_rollouts"] / "spec.json").read_text())["params"]["split"]
+    split = json.loads((paths["eval_rollouts"] / SPEC).read_text())["params"]["split"]
     examples = {ex.id: ex for ex in read_split(paths["prepare_data"], split)}
     records = read_rollouts(paths["eval_rollouts"] / ROLLOUTS_FILE)
     return agreement(((r.prompt_id, r.text) for r in records), examples)

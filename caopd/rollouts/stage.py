@@ -16,13 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import EXPECTED_FILE, ROLLOUTS_FILE
 from caopd.data import read_split
 from caopd.models.base import model_dir
 from caopd.parquet import write_table
 from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
 
-ROLLOUTS_FILE = "rollouts.parquet"
-EXPECTED_FILE = "expected_confidence.parquet"  # greedy evaluation only; caopd.evaluation.stage reads it
 
 
 def sample_rollouts(

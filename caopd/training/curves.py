@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CURVES_FILE = "curves.parquet"
-
 #: Float columns of a curve row, after ``step`` and ``round`` (int64).
 CURVE_FLOATS = (
     "lr",

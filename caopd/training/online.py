@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from caopd.artifacts import EXAMPLES_FILE, ROLLOUTS_FILE, split_file
 from caopd.store import read_json, write_json
 from caopd.training.data import Example, example_from_row, epoch_order
 
@@ -237,7 +238,7 @@ class OnlineSource:
 
     def _enter(self, window: int) -> None:
         """Sample the window (main process, unless a resumed run kept it), then read it back."""
-        from caopd.rewrite import EXAMPLES_FILE, read_examples
+        from caopd.rewrite import read_examples
 
         directory = self.window_dir(window)
         if self.accelerator.is_main_process and not directory.is_dir():
@@ -251,10 +252,10 @@ class OnlineSource:
             self._window_rows = self._mix_window(window)
 
     def _sample(self, window: int, directory: Path) -> None:
-        from caopd.rewrite import EXAMPLES_FILE, build_examples, write_examples
+        from caopd.rewrite import build_examples, write_examples
         from caopd.rollouts.engine import write_rollouts
         from caopd.rollouts.hf import HFEngine
-        from caopd.targets import ROLLOUTS_FILE, compute_targets, targets_summary, write_targets
+        from caopd.targets import compute_targets, targets_summary, write_targets
 
         began = time.perf_counter()
         steps = self.window_steps(window)
@@ -411,7 +412,7 @@ def run_online_distill(
         params,
         make_source=make_source,
         total_steps=online_total_steps(schedule["prompts_per_round"], per_step, cfg.epochs),
-        identity=run_identity(params, seed, {"train": data_dir / "train.jsonl"}),
+        identity=run_identity(params, seed, {"train": data_dir / split_file("train")}),
         student_dir=Path(student_dir),
         teacher_dir=None if teacher_dir is None else Path(teacher_dir),
         state_dir=None if state_dir is None else Path(state_dir),
