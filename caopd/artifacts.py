@@ -8,7 +8,7 @@ An artifact is a directory ``results/<stage>/<key>/``; besides its stage's files
   ``read_split``;
 - ``base_model``: :data:`MODEL_SUBDIR` or :data:`MODEL_REF`, :data:`WARMUP_CURVE`, by
   ``caopd.models.base`` / ``model_dir``;
-- ``rollouts``, ``eval_rollouts``: :data:`ROLLOUTS_FILE` (``caopd.rollouts.engine.write_rollouts`` /
+- ``rollouts``, ``eval_rollouts``: :data:`ROLLOUTS_FILE` (``caopd.rollouts.files.write_rollouts`` /
   ``read_rollouts``), a greedy evaluation also :data:`EXPECTED_FILE` (``caopd.rollouts.stage``);
 - ``targets``: :data:`SCORED_ROLLOUTS_FILE`, :data:`TARGETS_FILE`, by ``caopd.targets.write_targets``
   / ``read_targets``;

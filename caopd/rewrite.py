@@ -48,6 +48,7 @@ from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public
     solution_text,
 )
 from caopd.confidence import find_confidence_span
+from caopd.rollouts.prompting import chat_prompt_ids
 from caopd.tasks.base import Example
 from caopd.tasks.prompts import teacher_messages
 
@@ -131,13 +132,6 @@ class RewriteConfig:
 # --- prompts -----------------------------------------------------------------------------------
 
 
-def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """``messages`` rendered by the chat template with the generation prompt, then encoded
-    without adding special tokens (the template writes its own)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _left_truncate(ids: list[int], limit: int) -> tuple[list[int], bool]:
     return (ids[-limit:], True) if len(ids) > limit else (ids, False)
 
@@ -218,7 +212,7 @@ def build_examples(
         ``stated_confidence`` (NaN if none), ``correct``, ``rewritten`` (= calibration).
         The student prompt is ``example.messages`` with the generation prompt; the teacher
         prompt is :func:`caopd.tasks.prompts.teacher_messages` (``p_acc=None`` in SDFT); both
-        go through :func:`chat_ids`. In ``correct_solution`` mode the solution is the rollout
+        go through :func:`caopd.rollouts.prompting.chat_prompt_ids`. In ``correct_solution`` mode the solution is the rollout
         of the prompt with the lowest sample index among those the verifier accepted (and whose
         text before the label is not empty), cut as in :func:`solution_text`.
 
@@ -277,7 +271,7 @@ def build_examples(
                 )
             group_scores.append(score)
 
-        student_prompt = chat_ids(tokenizer, example.messages)
+        student_prompt = chat_prompt_ids(tokenizer, example.messages)
         for record in group:
             sampled_prompt = [int(i) for i in record.prompt_token_ids]
             if sampled_prompt and sampled_prompt != student_prompt:
@@ -304,7 +298,7 @@ def build_examples(
                     continue
                 counts["n_fallback"] += 1
                 solution = example.demonstration
-        teacher_prompt = chat_ids(
+        teacher_prompt = chat_prompt_ids(
             tokenizer,
             teacher_messages(
                 example,
@@ -450,7 +444,7 @@ def run_rewrite(
     from transformers import AutoTokenizer
 
     from caopd.data import read_split
-    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.files import read_rollouts
     from caopd.targets import read_targets
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))

@@ -276,7 +276,7 @@ def run_targets(
         ValueError: the rollouts file is empty, or any error of :func:`compute_targets`.
     """
     from caopd.data import read_split
-    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.files import read_rollouts
 
     examples = read_split(data_dir, "train")
     rollouts_path = Path(rollouts_dir) / ROLLOUTS_FILE

@@ -13,7 +13,7 @@ import torch
 
 from caopd.data import write_split
 from caopd.rewrite import build_examples, read_examples
-from caopd.rollouts.engine import read_rollouts
+from caopd.rollouts.files import read_rollouts
 from caopd.store import ArtifactError
 from caopd.targets import compute_targets, read_targets
 from caopd.tasks.base import Example

@@ -29,7 +29,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     import pandas as pd
 
     from caopd.evaluation.summary import score_rows, summarize, to_jsonable
-    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.files import read_rollouts
 
     split = params.get("split", "eval")
     examples = {ex.id: ex for ex in read_split(inputs["data"], split)}

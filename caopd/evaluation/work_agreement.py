@@ -74,7 +74,7 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
     """:func:`agreement` of one variant's evaluated answers, read through its index file."""
     from caopd.data import read_split
     from caopd.index import read_index, stage_dirs
-    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.files import read_rollouts
     from caopd.artifacts import ROLLOUTS_FILE, SPEC
 
     root = index_path.parent.parent.parent

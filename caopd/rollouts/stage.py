@@ -20,7 +20,8 @@ from caopd.artifacts import EXPECTED_FILE, ROLLOUTS_FILE
 from caopd.data import read_split
 from caopd.models.base import model_dir
 from caopd.parquet import write_table
-from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
+from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine
+from caopd.rollouts.files import write_rollouts
 
 
 

@@ -22,7 +22,7 @@ distill job, with the pure functions of the round stages, so the math is shared,
 batches (faster generation) at the cost of targets up to ``refresh_every − 1`` steps old.
 
 Every window's files are kept in the artifact, readable like the round stages' outputs
-(:func:`caopd.rollouts.engine.read_rollouts`, :func:`caopd.targets.read_targets`,
+(:func:`caopd.rollouts.files.read_rollouts`, :func:`caopd.targets.read_targets`,
 :func:`caopd.rewrite.read_examples`)::
 
     online/refresh-00000/rollouts.parquet          # the window's rollouts (RolloutRecord schema)
@@ -253,7 +253,7 @@ class OnlineSource:
 
     def _sample(self, window: int, directory: Path) -> None:
         from caopd.rewrite import build_examples, write_examples
-        from caopd.rollouts.engine import write_rollouts
+        from caopd.rollouts.files import write_rollouts
         from caopd.rollouts.hf import HFEngine
         from caopd.targets import compute_targets, targets_summary, write_targets
 
