@@ -31,57 +31,121 @@ from typing import Any
 from caopd.hashing import code_fingerprint, digest
 from caopd.sources import dataset_fingerprint, model_fingerprint
 
-#: Source files (or directories of ``*.py``) each stage runs, relative to the repository root.
+#: What every stage job runs around the stage's own code: the job harness (:mod:`caopd.job`,
+#: :mod:`caopd.store`, :mod:`caopd.tracking`) and what it imports. In every key below.
+HARNESS_CODE: tuple[str, ...] = (
+    "caopd/__init__.py",
+    "caopd/artifacts.py",
+    "caopd/config.py",
+    "caopd/hashing.py",
+    "caopd/job.py",
+    "caopd/plan.py",
+    "caopd/resources.py",
+    "caopd/sources.py",
+    "caopd/store.py",
+    "caopd/tracking.py",
+)
+
+#: Source files (or directories of ``*.py``) each stage runs, relative to the repository root:
+#: the import closure of its workflow script (tests/test_stage_code.py derives it and checks it).
 #: Editing any of them changes that stage's key and so the keys of everything downstream.
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "prepare_data": ("caopd/data.py", "caopd/tasks", "workflow/scripts/prepare_data.py"),
-    "base_model": ("caopd/models", "caopd/tasks", "workflow/scripts/base_model.py"),
-    "rollouts": ("caopd/rollouts", "workflow/scripts/rollouts.py"),
+    "prepare_data": (
+        *HARNESS_CODE,
+        "caopd/data.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/prepare_data.py",
+    ),
+    "base_model": (
+        *HARNESS_CODE,
+        "caopd/models",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/base_model.py",
+    ),
+    "rollouts": (
+        *HARNESS_CODE,
+        "caopd/rollouts",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/rollouts.py",
+    ),
     "targets": (
+        *HARNESS_CODE,
         "caopd/targets.py",
+        "caopd/rollouts",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/targets.py",
     ),
     "rewrite": (
+        *HARNESS_CODE,
         "caopd/rewrite.py",
         "caopd/completion.py",
+        "caopd/targets.py",
+        "caopd/rollouts",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/rewrite.py",
     ),
     # online rounds sample, verify and rewrite inside the job (caopd.training.online)
     "distill": (
+        *HARNESS_CODE,
         "caopd/training",
         "caopd/rollouts",
+        "caopd/models",
         "caopd/targets.py",
         "caopd/rewrite.py",
         "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "caopd/data.py",
+        "caopd/parquet.py",
         "workflow/scripts/distill.py",
     ),
     "eval_rollouts": (
+        *HARNESS_CODE,
         "caopd/rollouts",
-        "caopd/evaluation/expected_confidence.py",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
+        "caopd/tasks",
         "workflow/scripts/eval_rollouts.py",
     ),
     "evaluate": (
+        *HARNESS_CODE,
+        "caopd/evaluation/__init__.py",
         "caopd/evaluation/stage.py",
         "caopd/evaluation/metrics.py",
         "caopd/evaluation/bootstrap.py",
         "caopd/evaluation/summary.py",
+        "caopd/rollouts",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/evaluate.py",
     ),
     "plots": (
+        *HARNESS_CODE,
+        "caopd/evaluation/__init__.py",
         "caopd/evaluation/plots.py",
+        "caopd/evaluation/metrics.py",
+        "caopd/evaluation/bootstrap.py",
         "caopd/reporting.py",
         "caopd/index.py",
         "caopd/targets.py",
+        "caopd/parquet.py",
         "workflow/scripts/plots.py",
     ),
 }
@@ -92,6 +156,12 @@ STAGES: tuple[str, ...] = tuple(STAGE_CODE)
 #: not under a key, and Snakemake's code trigger hashes only the rule's own script; the rule takes
 #: the fingerprint of these files as a param, so an edit to any of them reruns it.
 COMPARE_CODE: tuple[str, ...] = (
+    *HARNESS_CODE,
+    "caopd/evaluation/__init__.py",
+    "caopd/evaluation/metrics.py",
+    "caopd/evaluation/bootstrap.py",
+    "caopd/index.py",
+    "caopd/parquet.py",
     "caopd/reporting.py",
     "caopd/evaluation/plots.py",
     "workflow/scripts/compare.py",
@@ -100,7 +170,7 @@ COMPARE_CODE: tuple[str, ...] = (
 #: Source files of the ``index`` rule (fixed path ``results/index/<variant>.json``), taken as a
 #: param for the same reason; the workflow's profiles leave out Snakemake's mtime-based ``code``
 #: trigger, which a fresh clone would fail (profiles/default/config.yaml).
-INDEX_CODE: tuple[str, ...] = ("caopd/index.py", "workflow/scripts/index.py")
+INDEX_CODE: tuple[str, ...] = (*HARNESS_CODE, "caopd/index.py", "caopd/parquet.py", "workflow/scripts/index.py")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ capability_kept        paired non-inferiority: the 95% interval of the paired ac
 
 ``gap`` is the overconfidence gap (mean confidence - accuracy) of the decoded (stated) numbers:
 the checks never use anything else. Where a greedy run also has the expected stated confidence
-(:mod:`caopd.evaluation.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
+(:mod:`caopd.rollouts.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
 reading, without changing the verdict.
 
 The capability check compares the variants on the SAME questions (every run is evaluated on

@@ -6,7 +6,7 @@
 Writes ``scored.parquet`` (one row per answer: prompt id, sample index, level, correctness,
 confidence, parse flags) and ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`, plus
 per-level accuracy and confidence). Where the rollouts carry an expected stated confidence per
-answer (greedy evaluation, :mod:`caopd.evaluation.expected_confidence`), ``metrics.json`` also
+answer (greedy evaluation, :mod:`caopd.rollouts.expected_confidence`), ``metrics.json`` also
 has ``expected_confidence``: the headline metrics with that mean in place of the decoded number,
 on the answers that have one, and ``scored.parquet`` a column of it.
 """

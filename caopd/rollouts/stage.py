@@ -6,7 +6,7 @@ default at 0.8, chosen on the validation split); evaluation takes the eval split
 output is ``rollouts.parquet`` in the schema of :class:`caopd.rollouts.engine.RolloutRecord`.
 A greedy evaluation also writes ``expected_confidence.parquet`` (``prompt_id``, ``sample_index``,
 ``expected_confidence``): the mean of the confidence the model states at each of its answers,
-beside the number it decoded (:mod:`caopd.evaluation.expected_confidence`).
+beside the number it decoded (:mod:`caopd.rollouts.expected_confidence`).
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def sample_rollouts(
 
 def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_size: int,
                               out: str | Path) -> dict[str, Any]:
-    """Score ``records`` with :func:`caopd.evaluation.expected_confidence.expected_confidences`
+    """Score ``records`` with :func:`caopd.rollouts.expected_confidence.expected_confidences`
     on the engine's own model and write them beside the rollouts; a summary for the manifest."""
     import pyarrow as pa
 
-    from caopd.evaluation import expected_confidence as ec
+    from caopd.rollouts import expected_confidence as ec
 
     if not hasattr(eng, "model") or not hasattr(eng, "tokenizer"):
         raise ValueError(f"expected confidence needs the model's token probabilities; engine "
