@@ -56,6 +56,22 @@ TARGETS_FILE = "targets.parquet"
 # rewrite
 EXAMPLES_FILE = "examples.parquet"
 PREVIEW_FILE = "preview.jsonl"
+#: The columns of :data:`EXAMPLES_FILE`, in order (one row per rewritten rollout).
+EXAMPLE_COLUMNS = (
+    "prompt_id",
+    "sample_index",
+    "student_input_ids",
+    "student_prompt_len",
+    "teacher_input_ids",
+    "teacher_prompt_len",
+    "completion_len",
+    "p_acc",
+    "stated_confidence",
+    "correct",
+    "rewritten",
+)
+#: What the distill loop reads of them (:func:`caopd.training.data.load_examples`).
+TRAINING_COLUMNS = EXAMPLE_COLUMNS[:9]
 
 # distill
 CURVES_FILE = "curves.parquet"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from caopd.artifacts import EXAMPLES_FILE, PREVIEW_FILE, ROLLOUTS_FILE
+from caopd.artifacts import EXAMPLE_COLUMNS, EXAMPLES_FILE, PREVIEW_FILE, ROLLOUTS_FILE
 from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public functions
     _decode,  # the rollouts' text decoding, for the label count
     confidence_suffix_ids,
@@ -49,7 +49,7 @@ from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public
 )
 from caopd.confidence import find_confidence_span
 from caopd.rollouts.prompting import chat_prompt_ids
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.prompts import teacher_messages
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -59,20 +59,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from caopd.rollouts.engine import RolloutRecord
 
 PREVIEW_ROWS = 20
-
-EXAMPLE_COLUMNS = (
-    "prompt_id",
-    "sample_index",
-    "student_input_ids",
-    "student_prompt_len",
-    "teacher_input_ids",
-    "teacher_prompt_len",
-    "completion_len",
-    "p_acc",
-    "stated_confidence",
-    "correct",
-    "rewritten",
-)
 
 @dataclass(frozen=True)
 class RewriteConfig:
@@ -186,7 +172,7 @@ def _group_rollouts(rollouts: Sequence[RolloutRecord]) -> dict[str, list[Rollout
 
 
 def build_examples(
-    examples: Sequence[Example],
+    examples: Sequence[TaskExample],
     rollouts: Sequence[RolloutRecord],
     targets_per_prompt: pd.DataFrame,
     targets_per_rollout: pd.DataFrame,
@@ -230,7 +216,7 @@ def build_examples(
             student prompt rendered here (each named), duplicates, or a bad config.
     """
     config = cfg if isinstance(cfg, RewriteConfig) else RewriteConfig.from_mapping(cfg)
-    by_id: dict[str, Example] = {}
+    by_id: dict[str, TaskExample] = {}
     for example in examples:
         if example.id in by_id:
             raise ValueError(f"duplicate example id {example.id!r} in the prepared split")

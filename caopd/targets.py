@@ -28,7 +28,7 @@ from caopd.artifacts import ROLLOUTS_FILE, SCORED_ROLLOUTS_FILE, TARGETS_FILE
 from caopd.confidence import format_confidence, parse_confidence
 from caopd.parquet import read_frame, write_frame
 from caopd.tasks import get_task
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -71,8 +71,8 @@ def p_acc(n_correct: int, k: int) -> float:
     return n_correct / k
 
 
-def _examples_by_id(examples: Sequence[Example]) -> dict[str, Example]:
-    by_id: dict[str, Example] = {}
+def _examples_by_id(examples: Sequence[TaskExample]) -> dict[str, TaskExample]:
+    by_id: dict[str, TaskExample] = {}
     for example in examples:
         if example.id in by_id:
             raise ValueError(f"duplicate example id {example.id!r} in the prepared split")
@@ -81,7 +81,7 @@ def _examples_by_id(examples: Sequence[Example]) -> dict[str, Example]:
 
 
 def compute_targets(
-    examples: Sequence[Example],
+    examples: Sequence[TaskExample],
     rollouts: Sequence[RolloutRecord],
     task_name: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

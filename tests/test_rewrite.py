@@ -25,7 +25,7 @@ from caopd.rollouts.engine import RolloutRecord
 from caopd.rollouts.prompting import chat_prompt_ids
 from caopd.targets import compute_targets
 from caopd.tasks.arith import generate, response
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.prompts import note
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def _dec(tok, ids) -> str:
     return tok.decode(ids, skip_special_tokens=True)
 
 
-def _record(tok, example: Example, index: int, ids: list[int], *, prompt_ids=None) -> RolloutRecord:
+def _record(tok, example: TaskExample, index: int, ids: list[int], *, prompt_ids=None) -> RolloutRecord:
     eos = tok.eos_token_id
     return RolloutRecord(
         prompt_id=example.id,

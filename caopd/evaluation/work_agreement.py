@@ -31,11 +31,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from caopd.tasks.arith import work_line
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.mcq import LETTERS, extract_letter
 
 
-def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, Example]) -> dict[str, float]:
+def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, TaskExample]) -> dict[str, float]:
     """Shares of ``answers`` whose value is right, whose glued letter is the value's option,
     whose answer letter follows the work, and that are right (module docstring).
 

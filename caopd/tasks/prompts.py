@@ -27,7 +27,7 @@ import re
 from typing import Literal
 
 from caopd.confidence import LABEL_TAG, LABEL_WORDS
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 
 CONFIDENCE_INSTRUCTION = (
     "Confidence: your confidence level (0.0-1.0) regarding the success of this action, "
@@ -94,7 +94,7 @@ def strip_confidence(text: str) -> str:
 
 
 def teacher_messages(
-    example: Example,
+    example: TaskExample,
     *,
     mode: Literal["demo", "correct_solution"],
     p_acc: float | None,

@@ -59,7 +59,7 @@ import torch
 
 from caopd.artifacts import EXAMPLES_FILE, ROLLOUTS_FILE, split_file
 from caopd.store import read_json, write_json
-from caopd.training.data import Example, example_from_row, epoch_order
+from caopd.training.data import DistillExample, example_from_row, epoch_order
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +187,11 @@ class OnlineSource:
         self.steps = [step for epoch in plan for step in epoch]
         self.window_of = refresh_windows([len(epoch) for epoch in plan], distill["refresh_every"])
         self.window_mix = bool(distill["window_mix"])
-        self._window_rows: dict[int, list[Example]] = {}
+        self._window_rows: dict[int, list[DistillExample]] = {}
         self.records_dir = Path(records_dir)
         self._engine = None
         self._loaded: int | None = None
-        self._by_prompt: dict[str, list[Example]] = {}
+        self._by_prompt: dict[str, list[DistillExample]] = {}
 
     @property
     def n_steps(self) -> int:
@@ -209,7 +209,7 @@ class OnlineSource:
 
     # --- the steps ------------------------------------------------------------------------------
 
-    def micro_batches(self, step: int) -> list[list[Example]]:
+    def micro_batches(self, step: int) -> list[list[DistillExample]]:
         """The K rollouts of each of the step's prompts, sampled at the start of its window,
         cut into micro-batches of ``batch_size`` examples (at most ``grad_accum`` of them)."""
         window = self.window_of[step]
@@ -218,11 +218,11 @@ class OnlineSource:
         rows = self._window_rows[step] if self.window_mix else self._own_rows(step)
         return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
-    def _own_rows(self, step: int) -> list[Example]:
+    def _own_rows(self, step: int) -> list[DistillExample]:
         """The K rollouts of each prompt of ``step``, in plan order."""
         return [ex for i in self.steps[step] for ex in self._by_prompt.get(self.prompts[int(i)].id, [])]
 
-    def _mix_window(self, window: int) -> dict[int, list[Example]]:
+    def _mix_window(self, window: int) -> dict[int, list[DistillExample]]:
         """``window_mix``: the window's examples pooled in step order and permuted (seeded by
         stage seed, round and window); each step takes as many of them as its own prompts have,
         so step sizes (and the token normaliser) are those of the unmixed plan."""
@@ -244,7 +244,7 @@ class OnlineSource:
         if self.accelerator.is_main_process and not directory.is_dir():
             self._sample(window, directory)
         self.accelerator.wait_for_everyone()
-        by_prompt: dict[str, list[Example]] = {}
+        by_prompt: dict[str, list[DistillExample]] = {}
         for row in read_examples(directory / EXAMPLES_FILE):
             by_prompt.setdefault(row["prompt_id"], []).append(example_from_row(row))
         self._by_prompt, self._loaded = by_prompt, window
