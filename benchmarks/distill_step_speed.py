@@ -53,7 +53,7 @@ def build(args):
     from caopd.config import load_file
     from caopd.models.base import tiny_config, tokenizer_corpus
     from caopd.models.tokenizer import train_tokenizer
-    from caopd.training.data import Example
+    from caopd.training.data import DistillExample
 
     tiny = load_file(Path(__file__).resolve().parent.parent / "config" / "config.yaml")["base"]["model"]["tiny"]
     tokenizer = train_tokenizer(tokenizer_corpus(0, [1, 2, 3, 4, 5]), tiny["vocab_size"])
@@ -70,7 +70,7 @@ def build(args):
         t_prompt = [rng.randrange(4, vocab) for _ in range(args.teacher_prompt + rng.randint(-20, 20))]
         for _ in range(args.k):
             completion = [rng.randrange(4, vocab) for _ in range(args.completion + rng.randint(-10, 8))]
-            examples.append(Example(
+            examples.append(DistillExample(
                 student_ids=np.array(s_prompt + completion), teacher_ids=np.array(t_prompt + completion),
                 completion_len=len(completion), p_acc=0.5, has_confidence=True, prompt_id=f"q{p}",
             ))

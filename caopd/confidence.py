@@ -35,26 +35,24 @@ from numbers import Real
 
 __all__ = ["confidence_value_start", "find_confidence_span", "format_confidence", "parse_confidence"]
 
-# A `Confidence:`-style label or an opening `<confidence>` tag. Only horizontal whitespace is
-# allowed inside a label, so a label never spans lines.
+# The confidence-label grammar, written once: the words of a label and its tag form. Only
+# horizontal whitespace is allowed inside a label, so a label never spans lines.
+# :data:`caopd.tasks.prompts.CONFIDENCE_LABEL_RE` builds its line-start labels from the same two.
+#: 'Confidence', 'confidence level', 'Confidence score', each with an optional range
+#: '(0.0-1.0)' or '[0-1]'.
+LABEL_WORDS = r"confidence(?:[ \t]+(?:level|score))?(?:[ \t]*(?:\([^()\[\]\n]{0,40}\)|\[[^()\[\]\n]{0,40}\]))?"
+#: The tag form: ``<confidence>…</confidence>``.
+LABEL_TAG = r"<[ \t]*confidence[ \t]*>"
+
+# A label anywhere in a line: opening emphasis (**, *, __, ***) or none, but not inside a word
+# ('overconfidence', 'my_confidence'); optional closing emphasis before the ':' or '='.
 _LABEL_RE = re.compile(
-    r"""
-    (?:
-        (?:
-            (?<![A-Za-z0-9_])[*_]{1,3}          # opening emphasis (**, *, __, ***) ...
-        |
-            (?<![A-Za-z0-9_</])                 # ... or none; not 'overconfidence', 'my_confidence'
-        )
-        confidence
-        (?:[ \t]+(?:level|score))?              # 'Confidence level', 'confidence score'
-        (?:[ \t]*(?:\([^()\[\]\n]{0,40}\)|\[[^()\[\]\n]{0,40}\]))?  # '(0.0-1.0)', '[0-1]'
-        [*_]{0,3}                               # optional closing emphasis before the colon
-        [ \t]*[:=]
-    |
-        <[ \t]*confidence[ \t]*>                # <confidence>…</confidence>
-    )
-    """,
-    re.IGNORECASE | re.VERBOSE,
+    r"(?:(?:(?<![A-Za-z0-9_])[*_]{1,3}|(?<![A-Za-z0-9_</]))"
+    + LABEL_WORDS
+    + r"[*_]{0,3}[ \t]*[:=]|"
+    + LABEL_TAG
+    + ")",
+    re.IGNORECASE,
 )
 
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"

@@ -230,30 +230,6 @@ def check_sources(cfg: Mapping[str, Any], where: str) -> None:
         problem = source_error(source, kind="model", revision=cfg["model"]["revision"])
         if problem:
             raise ConfigError(f"{where}: key 'model.source': {problem}")
-    if cfg["distill"]["gpu_memory_gb"] is not None and cfg["distill"]["rounds"] > 0:
-        problem = memory_problem(cfg)
-        if problem:
-            raise ConfigError(f"{where}: key 'distill.gpu_memory_gb': {problem}")
-
-
-def memory_problem(cfg: Mapping[str, Any]) -> str | None:
-    """Why the variant's distill job cannot fit ``distill.gpu_memory_gb`` per GPU, or None
-    (:mod:`caopd.memory`; imports torch and transformers to count the model on the meta device)."""
-    from caopd.memory import advice, fits, format_breakdown, layout_of, memory_breakdown
-    from caopd.models.shape import model_shape
-
-    budget = cfg["distill"]["gpu_memory_gb"]
-    shape, layout = model_shape(cfg["model"]), layout_of(cfg)
-    breakdown = memory_breakdown(shape, layout)
-    if fits(breakdown, budget):
-        return None
-    fixes = advice(shape, layout, budget)
-    return (
-        f"the distill job needs about {sum(breakdown.values()) / 1024 ** 3:.1f} GiB per GPU, more than "
-        f"{budget:g} GiB allows:\n{format_breakdown(breakdown, budget)}\n"
-        + ("what would fit: " + " | ".join(fixes) if fixes else
-           "no single change fits: a smaller model or larger GPUs")
-    )
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import METRICS_FILE, ONLINE_DIR, TARGETS_FILE
 from caopd.store import read_json, verify_artifact, write_json
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def build_index(variant: str, stages: Sequence[Mapping[str, Any]]) -> dict[str, 
         manifest = verify_artifact(stage["path"])
         entries.append({**stage, "mlflow_run_id": manifest.get("mlflow_run_id")})
         if stage["stage"] == "evaluate":
-            candidate = Path(stage["path"]) / "metrics.json"
+            candidate = Path(stage["path"]) / METRICS_FILE
             metrics = str(candidate) if candidate.is_file() else None
     return {"variant": variant, "stages": entries, "metrics": metrics}
 
@@ -109,12 +110,12 @@ def training_targets(artifact: str | Path):
     """
     import pandas as pd
 
-    from caopd.targets import TARGETS_FILE, read_frame
+    from caopd.parquet import read_frame
 
     artifact = Path(artifact)
     if (artifact / TARGETS_FILE).is_file():
         return read_frame(artifact / TARGETS_FILE)
-    windows = sorted((artifact / "online").glob("refresh-*/" + TARGETS_FILE))
+    windows = sorted((artifact / ONLINE_DIR).glob("refresh-*/" + TARGETS_FILE))
     if not windows:
         return None
     frames = [read_frame(path).assign(window=int(path.parent.name.split("-")[-1])) for path in windows]

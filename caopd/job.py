@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from caopd.store import Publication, verify_artifact, write_json
-from caopd.tracking import RECORD_FILE, StageRecord
+from caopd.artifacts import MANIFEST, RECORD_FILE, SPEC
+from caopd.tracking import StageRecord
 
 log = logging.getLogger("caopd")
 
@@ -129,7 +130,8 @@ def check_code_unchanged(preimage: Mapping[str, Any], root: str | Path) -> None:
     Keys are computed when Snakemake parses the workflow, but a job imports the modules when it
     starts: an edit in between would publish an artifact under a key that names other code.
     """
-    from caopd.plan import STAGE_CODE, code_fingerprint
+    from caopd.hashing import code_fingerprint
+    from caopd.plan import STAGE_CODE
 
     stage = preimage["stage"]
     if stage not in STAGE_CODE:
@@ -198,7 +200,7 @@ def open_job(
     log.info("stage %s key %s: start (inputs: %s)", job.stage, key, dict(inputs))
     try:
         yield job
-        record.artifacts += ["manifest.json", "spec.json", RECORD_FILE]
+        record.artifacts += [MANIFEST, SPEC, RECORD_FILE]
         write_json(pub.work / RECORD_FILE, record.as_json())
         manifest = pub.publish(
             {"round": job.round, "seed": job.seed, "result": job.result,
@@ -213,7 +215,7 @@ def open_job(
     # published: from here on nothing may fail the job (Snakemake would delete the artifact)
     if tracker is not None:
         try:
-            for name in ("manifest.json", "spec.json", RECORD_FILE):
+            for name in (MANIFEST, SPEC, RECORD_FILE):
                 tracker.upload(output / name)
             tracker.end()
         except Exception as err:  # noqa: BLE001 - StageRun already swallows; belt and braces

@@ -15,6 +15,7 @@ status is then 2. The options override the config for this estimate only.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -73,6 +74,41 @@ def run(args: argparse.Namespace) -> int:
                 print("does not fit; what would: " + (" | ".join(fixes) if fixes else
                       "no single change: a smaller model or larger GPUs") + "\n")
     return status
+
+
+def memory_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why the variant's distill job cannot fit ``distill.gpu_memory_gb`` per GPU, or None
+    (imports torch and transformers to count the model on the meta device)."""
+    from caopd.memory import advice, fits, format_breakdown, layout_of, memory_breakdown
+    from caopd.models.shape import model_shape
+
+    budget = cfg["distill"]["gpu_memory_gb"]
+    shape, layout = model_shape(cfg["model"]), layout_of(cfg)
+    breakdown = memory_breakdown(shape, layout)
+    if fits(breakdown, budget):
+        return None
+    fixes = advice(shape, layout, budget)
+    return (
+        f"the distill job needs about {sum(breakdown.values()) / 1024 ** 3:.1f} GiB per GPU, more than "
+        f"{budget:g} GiB allows:\n{format_breakdown(breakdown, budget)}\n"
+        + ("what would fit: " + " | ".join(fixes) if fixes else
+           "no single change fits: a smaller model or larger GPUs")
+    )
+
+
+def check_memory(variants: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse, at plan time, a training variant whose distill job cannot fit the GPU memory it
+    declares (``distill.gpu_memory_gb``; variants without it are not checked). Called by the
+    Snakefile after :func:`caopd.config.resolve`; not part of any stage's code.
+
+    Raises:
+        ConfigError: naming the variant and the key, with the breakdown and what would fit.
+    """
+    for name, cfg in variants.items():
+        if cfg["distill"]["gpu_memory_gb"] is not None and cfg["distill"]["rounds"] > 0:
+            problem = memory_problem(cfg)
+            if problem:
+                raise ConfigError(f"variant '{name}': key 'distill.gpu_memory_gb': {problem}")
 
 
 def add_subcommand(subparsers: argparse._SubParsersAction) -> None:

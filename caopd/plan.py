@@ -23,66 +23,129 @@ imported by the Snakefile: it must stay free of torch, mlflow and the task modul
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KEY_LENGTH = 16
+from caopd.hashing import code_fingerprint, digest
+from caopd.sources import dataset_fingerprint, model_fingerprint
 
-#: Source files (or directories of ``*.py``) each stage runs, relative to the repository root.
+#: What every stage job runs around the stage's own code: the job harness (:mod:`caopd.job`,
+#: :mod:`caopd.store`, :mod:`caopd.tracking`) and what it imports. In every key below.
+HARNESS_CODE: tuple[str, ...] = (
+    "caopd/__init__.py",
+    "caopd/artifacts.py",
+    "caopd/config.py",
+    "caopd/hashing.py",
+    "caopd/job.py",
+    "caopd/plan.py",
+    "caopd/resources.py",
+    "caopd/sources.py",
+    "caopd/store.py",
+    "caopd/tracking.py",
+)
+
+#: Source files (or directories of ``*.py``) each stage runs, relative to the repository root:
+#: the import closure of its workflow script (tests/test_stage_code.py derives it and checks it).
 #: Editing any of them changes that stage's key and so the keys of everything downstream.
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "prepare_data": ("caopd/data.py", "caopd/tasks", "workflow/scripts/prepare_data.py"),
-    "base_model": ("caopd/models", "caopd/tasks", "workflow/scripts/base_model.py"),
-    "rollouts": ("caopd/rollouts", "workflow/scripts/rollouts.py"),
+    "prepare_data": (
+        *HARNESS_CODE,
+        "caopd/data.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/prepare_data.py",
+    ),
+    "base_model": (
+        *HARNESS_CODE,
+        "caopd/models",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/base_model.py",
+    ),
+    "rollouts": (
+        *HARNESS_CODE,
+        "caopd/rollouts",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
+        "caopd/confidence.py",
+        "caopd/tasks",
+        "workflow/scripts/rollouts.py",
+    ),
     "targets": (
+        *HARNESS_CODE,
         "caopd/targets.py",
+        "caopd/rollouts",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/targets.py",
     ),
     "rewrite": (
+        *HARNESS_CODE,
         "caopd/rewrite.py",
         "caopd/completion.py",
+        "caopd/targets.py",
+        "caopd/rollouts",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/rewrite.py",
     ),
     # online rounds sample, verify and rewrite inside the job (caopd.training.online)
     "distill": (
+        *HARNESS_CODE,
         "caopd/training",
         "caopd/rollouts",
+        "caopd/models",
         "caopd/targets.py",
         "caopd/rewrite.py",
         "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "caopd/data.py",
+        "caopd/parquet.py",
         "workflow/scripts/distill.py",
     ),
     "eval_rollouts": (
+        *HARNESS_CODE,
         "caopd/rollouts",
-        "caopd/evaluation/expected_confidence.py",
+        "caopd/models",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
+        "caopd/tasks",
         "workflow/scripts/eval_rollouts.py",
     ),
     "evaluate": (
+        *HARNESS_CODE,
+        "caopd/evaluation/__init__.py",
         "caopd/evaluation/stage.py",
         "caopd/evaluation/metrics.py",
         "caopd/evaluation/bootstrap.py",
         "caopd/evaluation/summary.py",
+        "caopd/rollouts",
+        "caopd/data.py",
+        "caopd/parquet.py",
         "caopd/confidence.py",
         "caopd/tasks",
         "workflow/scripts/evaluate.py",
     ),
     "plots": (
+        *HARNESS_CODE,
+        "caopd/evaluation/__init__.py",
         "caopd/evaluation/plots.py",
+        "caopd/evaluation/metrics.py",
+        "caopd/evaluation/bootstrap.py",
         "caopd/reporting.py",
         "caopd/index.py",
         "caopd/targets.py",
+        "caopd/parquet.py",
         "workflow/scripts/plots.py",
     ),
 }
@@ -93,6 +156,12 @@ STAGES: tuple[str, ...] = tuple(STAGE_CODE)
 #: not under a key, and Snakemake's code trigger hashes only the rule's own script; the rule takes
 #: the fingerprint of these files as a param, so an edit to any of them reruns it.
 COMPARE_CODE: tuple[str, ...] = (
+    *HARNESS_CODE,
+    "caopd/evaluation/__init__.py",
+    "caopd/evaluation/metrics.py",
+    "caopd/evaluation/bootstrap.py",
+    "caopd/index.py",
+    "caopd/parquet.py",
     "caopd/reporting.py",
     "caopd/evaluation/plots.py",
     "workflow/scripts/compare.py",
@@ -101,69 +170,7 @@ COMPARE_CODE: tuple[str, ...] = (
 #: Source files of the ``index`` rule (fixed path ``results/index/<variant>.json``), taken as a
 #: param for the same reason; the workflow's profiles leave out Snakemake's mtime-based ``code``
 #: trigger, which a fresh clone would fail (profiles/default/config.yaml).
-INDEX_CODE: tuple[str, ...] = ("caopd/index.py", "workflow/scripts/index.py")
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the byte string keys are hashed from."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def code_fingerprint(entries: Sequence[str], root: str | Path) -> str:
-    """sha256 over (relative path, sha256 of content) of every ``*.py`` file the entries name.
-
-    A directory entry covers its ``*.py`` files recursively; an entry that does not exist
-    contributes a ``missing`` marker (so creating it later changes the fingerprint).
-    """
-    root = Path(root)
-    items: list[tuple[str, str]] = []
-    for entry in entries:
-        path = root / entry
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
-            items.extend((p.relative_to(root).as_posix(), sha256_file(p)) for p in files)
-        elif path.is_file():
-            items.append((entry, sha256_file(path)))
-        else:
-            items.append((entry, "missing"))
-    return hashlib.sha256(canonical_json(items).encode()).hexdigest()[:KEY_LENGTH]
-
-
-def dataset_fingerprint(path: str) -> dict[str, Any]:
-    """What of a raw data source enters the data key: file hashes of a local path, else the id."""
-    p = Path(path)
-    if p.is_file():
-        return {"path": path, "files": {p.name: sha256_file(p)}}
-    if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file())
-        return {"path": path, "files": {f.relative_to(p).as_posix(): sha256_file(f) for f in files}}
-    return {"hub_id": path}
-
-
-def model_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
-    """What of a non-tiny starting model enters the base-model key.
-
-    A local directory is described by the sha256 of every file (:func:`caopd.sources.
-    directory_digests`, cached by file status so that a parse does not rehash unchanged weights;
-    size and mtime alone let same-size weights with an old mtime keep the key). A hub id is
-    described by the id, the pinned revision and the commit of the snapshot in the local cache,
-    so a newer snapshot fetched under the same id gives a new key.
-    """
-    from caopd.sources import cached_snapshot, directory_digests
-
-    p = Path(source)
-    if p.exists():
-        return {"path": str(p), "files": directory_digests(p)}
-    snapshot = cached_snapshot(source, revision)
-    return {"hub_id": source, "revision": revision, "commit": None if snapshot is None else snapshot.name}
+INDEX_CODE: tuple[str, ...] = (*HARNESS_CODE, "caopd/index.py", "caopd/parquet.py", "workflow/scripts/index.py")
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ class StageSpec:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(canonical_json(self.preimage).encode()).hexdigest()[:KEY_LENGTH]
+        return digest(self.preimage)
 
     @property
     def path(self) -> str:
@@ -199,7 +206,7 @@ class StageSpec:
     def draw_key(self) -> str:
         """The key's preimage without the code, over upstream draw keys (module docstring)."""
         draw = {"stage": self.stage, "params": self.params, "upstream": self.upstream_draw}
-        return hashlib.sha256(canonical_json(draw).encode()).hexdigest()[:KEY_LENGTH]
+        return digest(draw)
 
     @property
     def seed(self) -> int:

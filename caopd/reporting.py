@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from caopd.store import read_json
+from caopd.artifacts import CURVES_FILE, read_metrics_file, read_scored
 
 TABLE_METRICS = (
     "n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "brier", "spr", "auroc",
@@ -24,8 +24,8 @@ EXPECTED_METRICS = ("mean_confidence", "overconfidence_gap", "ece")
 def _read_curves(distill_dir: Path):
     import pandas as pd
 
-    if (distill_dir / "curves.parquet").is_file():
-        return pd.read_parquet(distill_dir / "curves.parquet")
+    if (distill_dir / CURVES_FILE).is_file():
+        return pd.read_parquet(distill_dir / CURVES_FILE)
     if (distill_dir / "curves.jsonl").is_file():
         return pd.read_json(distill_dir / "curves.jsonl", lines=True)
     return None
@@ -41,8 +41,8 @@ def variant_figures(inputs: Mapping[str, Path], out: Path) -> dict[str, Any]:
     )
 
     out = Path(out)
-    metrics = read_json(Path(inputs["evaluate"]) / "metrics.json")
-    scored = pd.read_parquet(Path(inputs["evaluate"]) / "scored.parquet")
+    metrics = read_metrics_file(inputs["evaluate"])
+    scored = read_scored(inputs["evaluate"])
     written = []
     fig, ax = new_figure()
     reliability_diagram(ax, metrics["bins"])
@@ -87,7 +87,7 @@ def metrics_table(evaluations: Mapping[str, str | Path]):
 
     rows = []
     for variant, path in evaluations.items():
-        metrics = read_json(Path(path) / "metrics.json")
+        metrics = read_metrics_file(path)
         row: dict[str, Any] = {"variant": variant}
         for name in TABLE_METRICS:
             row[name] = metrics.get(name)
@@ -115,7 +115,7 @@ def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, conf
     tmp.replace(table)
     points, expected_points = [], []
     for variant, path in evaluations.items():
-        metrics = read_json(Path(path) / "metrics.json")
+        metrics = read_metrics_file(path)
         points.append({"variant": variant, **{k: metrics[k] for k in ("accuracy", "mean_confidence", "ece")},
                        "ci95": metrics.get("ci95") or {}})
         expected = metrics.get("expected_confidence") or {}

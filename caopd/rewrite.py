@@ -38,6 +38,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from caopd.artifacts import EXAMPLE_COLUMNS, EXAMPLES_FILE, PREVIEW_FILE, ROLLOUTS_FILE
 from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public functions
     _decode,  # the rollouts' text decoding, for the label count
     confidence_suffix_ids,
@@ -47,7 +48,8 @@ from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public
     solution_text,
 )
 from caopd.confidence import find_confidence_span
-from caopd.tasks.base import Example
+from caopd.rollouts.prompting import chat_prompt_ids
+from caopd.tasks.base import TaskExample
 from caopd.tasks.prompts import teacher_messages
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -56,23 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from caopd.rollouts.engine import RolloutRecord
 
-EXAMPLES_FILE = "examples.parquet"
-PREVIEW_FILE = "preview.jsonl"
 PREVIEW_ROWS = 20
-
-EXAMPLE_COLUMNS = (
-    "prompt_id",
-    "sample_index",
-    "student_input_ids",
-    "student_prompt_len",
-    "teacher_input_ids",
-    "teacher_prompt_len",
-    "completion_len",
-    "p_acc",
-    "stated_confidence",
-    "correct",
-    "rewritten",
-)
 
 @dataclass(frozen=True)
 class RewriteConfig:
@@ -132,13 +118,6 @@ class RewriteConfig:
 # --- prompts -----------------------------------------------------------------------------------
 
 
-def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """``messages`` rendered by the chat template with the generation prompt, then encoded
-    without adding special tokens (the template writes its own)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _left_truncate(ids: list[int], limit: int) -> tuple[list[int], bool]:
     return (ids[-limit:], True) if len(ids) > limit else (ids, False)
 
@@ -193,7 +172,7 @@ def _group_rollouts(rollouts: Sequence[RolloutRecord]) -> dict[str, list[Rollout
 
 
 def build_examples(
-    examples: Sequence[Example],
+    examples: Sequence[TaskExample],
     rollouts: Sequence[RolloutRecord],
     targets_per_prompt: pd.DataFrame,
     targets_per_rollout: pd.DataFrame,
@@ -219,7 +198,7 @@ def build_examples(
         ``stated_confidence`` (NaN if none), ``correct``, ``rewritten`` (= calibration).
         The student prompt is ``example.messages`` with the generation prompt; the teacher
         prompt is :func:`caopd.tasks.prompts.teacher_messages` (``p_acc=None`` in SDFT); both
-        go through :func:`chat_ids`. In ``correct_solution`` mode the solution is the rollout
+        go through :func:`caopd.rollouts.prompting.chat_prompt_ids`. In ``correct_solution`` mode the solution is the rollout
         of the prompt with the lowest sample index among those the verifier accepted (and whose
         text before the label is not empty), cut as in :func:`solution_text`.
 
@@ -237,7 +216,7 @@ def build_examples(
             student prompt rendered here (each named), duplicates, or a bad config.
     """
     config = cfg if isinstance(cfg, RewriteConfig) else RewriteConfig.from_mapping(cfg)
-    by_id: dict[str, Example] = {}
+    by_id: dict[str, TaskExample] = {}
     for example in examples:
         if example.id in by_id:
             raise ValueError(f"duplicate example id {example.id!r} in the prepared split")
@@ -278,7 +257,7 @@ def build_examples(
                 )
             group_scores.append(score)
 
-        student_prompt = chat_ids(tokenizer, example.messages)
+        student_prompt = chat_prompt_ids(tokenizer, example.messages)
         for record in group:
             sampled_prompt = [int(i) for i in record.prompt_token_ids]
             if sampled_prompt and sampled_prompt != student_prompt:
@@ -305,7 +284,7 @@ def build_examples(
                     continue
                 counts["n_fallback"] += 1
                 solution = example.demonstration
-        teacher_prompt = chat_ids(
+        teacher_prompt = chat_prompt_ids(
             tokenizer,
             teacher_messages(
                 example,
@@ -389,14 +368,14 @@ def _examples_schema() -> pa.Schema:
 def write_examples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Write ``rows`` (from :func:`build_examples`) as Parquet, sorted by
     ``(prompt_id, sample_index)``; NaN ``stated_confidence`` is stored as null."""
-    from caopd.targets import write_table
+    from caopd.parquet import table_from_columns, write_table
 
     ordered = sorted(rows, key=lambda row: (row["prompt_id"], row["sample_index"]))
     columns = {name: [row[name] for row in ordered] for name in EXAMPLE_COLUMNS}
     columns["stated_confidence"] = [
         None if value != value else value for value in columns["stated_confidence"]
     ]
-    return write_table(columns, _examples_schema(), path)
+    return write_table(table_from_columns(columns, _examples_schema()), path)
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
@@ -451,8 +430,8 @@ def run_rewrite(
     from transformers import AutoTokenizer
 
     from caopd.data import read_split
-    from caopd.rollouts.engine import read_rollouts
-    from caopd.targets import ROLLOUTS_FILE, read_targets
+    from caopd.rollouts.files import read_rollouts
+    from caopd.targets import read_targets
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     examples = read_split(data_dir, "train")

@@ -24,13 +24,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.hashing import sha256_file
+
 __all__ = [
     "SourceError",
     "cache_dir",
     "cached_sha256",
     "cached_snapshot",
+    "dataset_fingerprint",
     "directory_digests",
     "looks_like_hub_id",
+    "model_fingerprint",
     "source_error",
     "verify_digests",
 ]
@@ -101,14 +105,6 @@ def cache_dir() -> Path:
     return base / "sha256"
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cached_sha256(path: str | Path) -> str:
     """The sha256 of the file at ``path``, from the cache when the file's status is unchanged.
 
@@ -126,7 +122,7 @@ def cached_sha256(path: str | Path) -> str:
             return str(recorded["sha256"])
     except (OSError, ValueError, AttributeError):
         pass
-    digest = _sha256(real)
+    digest = sha256_file(real)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
@@ -170,3 +166,30 @@ def verify_digests(directory: str | Path, recorded: Mapping[str, Any], what: str
     extra = sorted(set(found) - set(recorded))
     if extra:
         raise SourceError(f"{directory / extra[0]}: not recorded in {what}; the directory changed after it was recorded")
+
+
+def dataset_fingerprint(path: str) -> dict[str, Any]:
+    """What of a raw data source enters the data key: file hashes of a local path, else the id."""
+    p = Path(path)
+    if p.is_file():
+        return {"path": path, "files": {p.name: sha256_file(p)}}
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        return {"path": path, "files": {f.relative_to(p).as_posix(): sha256_file(f) for f in files}}
+    return {"hub_id": path}
+
+
+def model_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
+    """What of a non-tiny starting model enters the base-model key.
+
+    A local directory is described by the sha256 of every file (:func:`directory_digests`,
+    cached by file status so that a parse does not rehash unchanged weights; size and mtime alone
+    let same-size weights with an old mtime keep the key). A hub id is described by the id, the
+    pinned revision and the commit of the snapshot in the local cache, so a newer snapshot
+    fetched under the same id gives a new key.
+    """
+    p = Path(source)
+    if p.exists():
+        return {"path": str(p), "files": directory_digests(p)}
+    snapshot = cached_snapshot(source, revision)
+    return {"hub_id": source, "revision": revision, "commit": None if snapshot is None else snapshot.name}

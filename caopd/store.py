@@ -31,11 +31,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from caopd.plan import canonical_json, sha256_file
+from caopd.artifacts import CHECKSUMS, MANIFEST, SPEC
+from caopd.hashing import digest, sha256_file
 
-MANIFEST = "manifest.json"
-SPEC = "spec.json"
-CHECKSUMS = "checksums.json"
 PROVENANCE_PACKAGES = (
     "caopd",
     "torch",
@@ -103,20 +101,17 @@ def verify_artifact(directory: str | Path) -> dict[str, Any]:
                 f"{path}: size {size} does not match the manifest ({entry['size']}); "
                 "the artifact was modified after publication — delete its directory to rebuild it"
             )
-        digest = sha256_file(path)
-        if digest != entry["sha256"]:
+        found = sha256_file(path)
+        if found != entry["sha256"]:
             raise ArtifactError(
-                f"{path}: sha256 {digest[:12]}… does not match the manifest "
+                f"{path}: sha256 {found[:12]}… does not match the manifest "
                 f"({entry['sha256'][:12]}…); the artifact was modified after publication — "
                 "delete its directory to rebuild it"
             )
     spec_path = directory / SPEC
     if spec_path.is_file():
         expected_key = directory.name
-        from caopd.plan import KEY_LENGTH
-        import hashlib
-
-        key = hashlib.sha256(canonical_json(read_json(spec_path)).encode()).hexdigest()[:KEY_LENGTH]
+        key = digest(read_json(spec_path))
         if key != expected_key:
             raise ArtifactError(f"{spec_path}: hashes to key {key}, not to its directory's name {expected_key}")
     return manifest

@@ -13,8 +13,8 @@ Output directory of :func:`run_targets`:
 - ``targets.parquet`` – one row per prompt with rollouts (:data:`PROMPT_COLUMNS`), sorted by
   ``prompt_id``.
 
-Both are written with a fixed Arrow schema, no pandas index or metadata, so equal inputs give
-byte-identical files.
+Both are written by :func:`caopd.parquet.write_frame` with a fixed Arrow schema, no pandas index
+or metadata, so equal inputs give byte-identical files.
 """
 
 from __future__ import annotations
@@ -24,19 +24,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from caopd.artifacts import ROLLOUTS_FILE, SCORED_ROLLOUTS_FILE, TARGETS_FILE
 from caopd.confidence import format_confidence, parse_confidence
+from caopd.parquet import read_frame, write_frame
 from caopd.tasks import get_task
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
     import pyarrow as pa
 
     from caopd.rollouts.engine import RolloutRecord
-
-ROLLOUTS_FILE = "rollouts.parquet"
-SCORED_FILE = "rollouts_scored.parquet"
-TARGETS_FILE = "targets.parquet"
 
 ROLLOUT_COLUMNS = (
     "prompt_id",
@@ -73,8 +71,8 @@ def p_acc(n_correct: int, k: int) -> float:
     return n_correct / k
 
 
-def _examples_by_id(examples: Sequence[Example]) -> dict[str, Example]:
-    by_id: dict[str, Example] = {}
+def _examples_by_id(examples: Sequence[TaskExample]) -> dict[str, TaskExample]:
+    by_id: dict[str, TaskExample] = {}
     for example in examples:
         if example.id in by_id:
             raise ValueError(f"duplicate example id {example.id!r} in the prepared split")
@@ -83,7 +81,7 @@ def _examples_by_id(examples: Sequence[Example]) -> dict[str, Example]:
 
 
 def compute_targets(
-    examples: Sequence[Example],
+    examples: Sequence[TaskExample],
     rollouts: Sequence[RolloutRecord],
     task_name: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -257,72 +255,10 @@ def _prompt_schema() -> pa.Schema:
     )
 
 
-def _cell(value: Any) -> Any:
-    """A DataFrame cell as a plain Python value for Arrow: NaN / NA / None -> None."""
-    import pandas as pd
-
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    if value is None or pd.isna(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-def write_table(columns: dict[str, list[Any]], schema: pa.Schema, path: str | Path) -> Path:
-    """Write ``columns`` (name -> values, in row order) as Parquet with ``schema``.
-
-    Fixed settings (zstd, one row group, dictionary encoding, statistics) and no pandas
-    metadata, so the bytes depend only on the values.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pydict({f.name: columns[f.name] for f in schema}, schema=schema)
-    path = Path(path)
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        row_group_size=max(table.num_rows, 1),
-        use_dictionary=True,
-        write_statistics=True,
-    )
-    return path
-
-
-def write_frame(frame: pd.DataFrame, schema: pa.Schema, path: str | Path) -> Path:
-    """Write the ``schema`` columns of ``frame`` as Parquet (no index; NaN/NA stored as null)."""
-    columns = {f.name: [_cell(v) for v in frame[f.name].tolist()] for f in schema}
-    return write_table(columns, schema, path)
-
-
-def read_frame(path: str | Path) -> pd.DataFrame:
-    """A Parquet file written by :func:`write_frame` as a DataFrame.
-
-    Nulls come back as NaN in float columns, as None in string columns (object dtype, as
-    :func:`compute_targets` makes them), and as ``pandas.NA`` in integer columns (which then
-    have the nullable ``Int64`` dtype).
-    """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    frame = table.to_pandas()
-    for field in table.schema:
-        if not table.column(field.name).null_count:
-            continue
-        if pa.types.is_integer(field.type):
-            frame[field.name] = frame[field.name].astype("Int64")
-        elif pa.types.is_string(field.type):
-            frame[field.name] = pd.Series(table.column(field.name).to_pylist(), dtype=object)
-    return frame
-
-
 def read_targets(targets_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per_rollout, per_prompt)`` frames of a targets artifact."""
     targets_dir = Path(targets_dir)
-    return read_frame(targets_dir / SCORED_FILE), read_frame(targets_dir / TARGETS_FILE)
+    return read_frame(targets_dir / SCORED_ROLLOUTS_FILE), read_frame(targets_dir / TARGETS_FILE)
 
 
 def run_targets(
@@ -340,7 +276,7 @@ def run_targets(
         ValueError: the rollouts file is empty, or any error of :func:`compute_targets`.
     """
     from caopd.data import read_split
-    from caopd.rollouts.engine import read_rollouts
+    from caopd.rollouts.files import read_rollouts
 
     examples = read_split(data_dir, "train")
     rollouts_path = Path(rollouts_dir) / ROLLOUTS_FILE
@@ -357,5 +293,5 @@ def write_targets(per_rollout: pd.DataFrame, per_prompt: pd.DataFrame, out_dir: 
     ``targets.parquet`` in ``out_dir`` (created if absent); :func:`read_targets` reads them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_FILE)
+    write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_ROLLOUTS_FILE)
     write_frame(per_prompt, _prompt_schema(), out_dir / TARGETS_FILE)

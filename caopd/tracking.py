@@ -34,10 +34,11 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import RECORD_FILE
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "sqlite:///results/mlflow.db"
-RECORD_FILE = "tracking.json"
 #: MLflow HTTP settings inside jobs (a user's own environment values win): fail in seconds.
 FAST_FAILURE_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",

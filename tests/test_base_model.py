@@ -8,7 +8,7 @@ from pathlib import Path
 
 from caopd.job import open_job
 from caopd.models.base import build_base_model, model_dir
-from caopd.plan import canonical_json
+from caopd.hashing import canonical_json
 from caopd.store import verify_artifact
 
 TINY = {
@@ -65,7 +65,7 @@ def test_without_a_stop_loss_the_copy_task_runs_its_steps_unjudged(tmp_path):
 
 
 def _local_base(root: Path, source: Path) -> Path:
-    from caopd.plan import model_fingerprint
+    from caopd.sources import model_fingerprint
 
     params = {"seed": 0, "source": str(source), "origin": model_fingerprint(str(source), None)}
     pre = {"stage": "base_model", "params": params, "code": "test", "upstream": {}}
@@ -102,7 +102,7 @@ def test_a_local_model_changed_after_planning_is_refused(tmp_path, tiny_model_di
 
     import pytest
 
-    from caopd.plan import model_fingerprint
+    from caopd.sources import model_fingerprint
     from caopd.sources import SourceError
 
     monkeypatch.setenv("CAOPD_CACHE_DIR", str(tmp_path / "cache"))

@@ -135,7 +135,7 @@ def test_a_hub_id_must_be_in_the_local_cache(tmp_path, monkeypatch):
     (tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "refs").mkdir()
     (tmp_path / "hub" / "models--Qwen--Qwen3-8B" / "refs" / "main").write_text("c" * 40)
     resolved = resolve(deep_merge(_raw(), {"model": {"source": "Qwen/Qwen3-8B"}}))
-    from caopd.plan import model_fingerprint
+    from caopd.sources import model_fingerprint
 
     assert resolved["variants"]["caopd"]["model"]["source"] == "Qwen/Qwen3-8B"
     assert model_fingerprint("Qwen/Qwen3-8B", None)["commit"] == "c" * 40

@@ -1,4 +1,4 @@
-"""The expected stated confidence (caopd.evaluation.expected_confidence) and its metrics block."""
+"""The expected stated confidence (caopd.rollouts.expected_confidence) and its metrics block."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from caopd.evaluation.expected_confidence import (
+from caopd.rollouts.expected_confidence import (
     digit_tokens,
     expected_confidences,
     expected_value,

@@ -11,7 +11,7 @@ import pytest
 
 from caopd.index import read_index, read_metrics, stage_dirs, write_index
 from caopd.job import open_job
-from caopd.plan import canonical_json
+from caopd.hashing import canonical_json
 from caopd.store import ArtifactError
 
 

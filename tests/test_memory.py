@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from caopd.cli import main as cli_main
+from caopd.memory_report import check_memory
 from caopd.config import ConfigError, deep_merge, resolve
 from caopd.memory import (
     FP32,
@@ -95,9 +96,10 @@ def test_the_count_of_parameters_is_the_models(tiny_model_dir):
 
 def test_a_config_that_cannot_fit_the_declared_gpu_is_refused_at_load():
     raw = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    with pytest.raises(ConfigError, match=r"key 'distill\.gpu_memory_gb': the distill job needs about"):
-        resolve(deep_merge(raw, {"distill": {"gpu_memory_gb": 0.001}}))
-    resolve(deep_merge(raw, {"distill": {"gpu_memory_gb": 80}}))      # the tiny model fits
+    small = resolve(deep_merge(raw, {"distill": {"gpu_memory_gb": 0.001}}))["variants"]
+    with pytest.raises(ConfigError, match=r"variant 'sdft': key 'distill\.gpu_memory_gb': the distill job needs about"):
+        check_memory(small)
+    check_memory(resolve(deep_merge(raw, {"distill": {"gpu_memory_gb": 80}}))["variants"])  # the tiny model fits
 
 
 def test_the_8b_preset_fits_8_gpus_and_is_refused_on_one(qwen3_8b_shape_dir, capsys):

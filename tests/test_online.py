@@ -13,10 +13,10 @@ import torch
 
 from caopd.data import write_split
 from caopd.rewrite import build_examples, read_examples
-from caopd.rollouts.engine import read_rollouts
+from caopd.rollouts.files import read_rollouts
 from caopd.store import ArtifactError
 from caopd.targets import compute_targets, read_targets
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.training.online import (
     OnlineSource,
     online_step_plan,
@@ -41,13 +41,13 @@ DISTILL = {
 }
 
 
-def prompts(n: int) -> list[Example]:
+def prompts(n: int) -> list[TaskExample]:
     """Short questions whose right answer is always B (what the answering model says)."""
     out = []
     for i in range(n):
         question = f"What is {i} + {i + 1}?"
         messages = [{"role": "system", "content": "Answer."}, {"role": "user", "content": question}]
-        out.append(Example(id=f"q{i:02d}", messages=messages,
+        out.append(TaskExample(id=f"q{i:02d}", messages=messages,
                            question=question, demonstration=f"{i} + {i + 1} = {2 * i + 1}",
                            ground_truth="B", level=1 + i % 5))
     return out

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from caopd.config import deep_merge, resolve
-from caopd.plan import COMPARE_CODE, INDEX_CODE, STAGE_CODE, build_plan, canonical_json, code_fingerprint
+from caopd.hashing import canonical_json, code_fingerprint
+from caopd.plan import COMPARE_CODE, INDEX_CODE, STAGE_CODE, build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 

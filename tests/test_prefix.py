@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from caopd.rewrite import write_examples
-from caopd.training.data import Example, collate, load_examples
+from caopd.training.data import DistillExample, collate, load_examples
 from caopd.training.distill import StudentObjective, run_distill
 from caopd.training.prefix import collate_groups, model_inputs
 from caopd.training.state import load_causal_lm
@@ -57,7 +57,7 @@ def models(tiny_model_dir: Path):
     return student, teacher
 
 
-def examples_of(tmp_path: Path, rows: list[dict]) -> list[Example]:
+def examples_of(tmp_path: Path, rows: list[dict]) -> list[DistillExample]:
     return load_examples(write_examples(rows, tmp_path / "examples.parquet"))
 
 

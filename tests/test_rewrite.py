@@ -14,7 +14,6 @@ from caopd.rewrite import (
     EXAMPLE_COLUMNS,
     RewriteConfig,
     build_examples,
-    chat_ids,
     cut_completion_ids,
     read_examples,
     rewrite_completion,
@@ -23,9 +22,10 @@ from caopd.rewrite import (
     solution_text,
 )
 from caopd.rollouts.engine import RolloutRecord
+from caopd.rollouts.prompting import chat_prompt_ids
 from caopd.targets import compute_targets
 from caopd.tasks.arith import generate, response
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.prompts import note
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,12 +85,12 @@ def _dec(tok, ids) -> str:
     return tok.decode(ids, skip_special_tokens=True)
 
 
-def _record(tok, example: Example, index: int, ids: list[int], *, prompt_ids=None) -> RolloutRecord:
+def _record(tok, example: TaskExample, index: int, ids: list[int], *, prompt_ids=None) -> RolloutRecord:
     eos = tok.eos_token_id
     return RolloutRecord(
         prompt_id=example.id,
         sample_index=index,
-        prompt_token_ids=chat_ids(tok, example.messages) if prompt_ids is None else prompt_ids,
+        prompt_token_ids=chat_prompt_ids(tok, example.messages) if prompt_ids is None else prompt_ids,
         completion_token_ids=ids,
         text=_dec(tok, ids),
         finish_reason="stop" if ids and ids[-1] == eos else "length",
@@ -372,7 +372,7 @@ def test_teacher_prompt_has_its_own_limit(tok):
     example, body, _ = _arith_case()
     ids = _enc(tok, body + "\nConfidence: 0.9") + [tok.eos_token_id]
     rollouts = [_record(tok, example, 0, ids)]
-    student_full = chat_ids(tok, example.messages)
+    student_full = chat_prompt_ids(tok, example.messages)
     (full,), _ = _build(tok, [example], rollouts)
     teacher_full = full["teacher_input_ids"][: full["teacher_prompt_len"]]
     assert len(teacher_full) > len(student_full) > 12
@@ -478,7 +478,7 @@ def test_bad_config(overrides):
 def test_run_rewrite_files(tmp_path, tok):
     from caopd.data import write_split
     from caopd.models.tokenizer import save_tokenizer
-    from caopd.rollouts.engine import write_rollouts
+    from caopd.rollouts.files import write_rollouts
     from caopd.targets import run_targets
 
     a, b, rollouts = _solution_set(tok)

@@ -17,7 +17,7 @@ from caopd.rollouts import (
     read_rollouts,
     write_rollouts,
 )
-from caopd.rollouts.engine import resolve_stop_ids
+from caopd.rollouts.prompting import resolve_stop_ids
 from caopd.rollouts.hf import HFEngine, left_pad, plan_batches, trim_completion
 
 ANSWER = "<answer>B</answer>\nConfidence: 0.75"

@@ -19,7 +19,7 @@ def _preimage(stage: str = "toy", upstream: dict | None = None) -> dict:
 def _key(preimage: dict) -> str:
     import hashlib
 
-    from caopd.plan import canonical_json
+    from caopd.hashing import canonical_json
 
     return hashlib.sha256(canonical_json(preimage).encode()).hexdigest()[:16]
 
@@ -125,7 +125,8 @@ def test_a_stage_whose_code_changed_after_planning_refuses_to_run(tmp_path):
     import shutil
 
     from caopd.job import StaleCodeError, check_code_unchanged
-    from caopd.plan import STAGE_CODE, code_fingerprint
+    from caopd.hashing import code_fingerprint
+    from caopd.plan import STAGE_CODE
 
     root = Path(__file__).resolve().parent.parent
     tree = tmp_path / "repo"

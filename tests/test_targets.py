@@ -7,7 +7,8 @@ import math
 import pytest
 
 from caopd.data import write_split
-from caopd.rollouts.engine import RolloutRecord, write_rollouts
+from caopd.rollouts.engine import RolloutRecord
+from caopd.rollouts.files import write_rollouts
 from caopd.targets import (
     PROMPT_COLUMNS,
     ROLLOUT_COLUMNS,

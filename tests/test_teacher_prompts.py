@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from caopd.tasks.arith import generate
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.prompts import (
     CONFIDENCE_INSTRUCTION,
     DEMO_CLOSING,
@@ -32,11 +32,11 @@ NOTE_038 = (
 )
 
 
-def _arith() -> Example:
+def _arith() -> TaskExample:
     return generate(1, seed=0, levels=[3])[0]
 
 
-def _science() -> Example:
+def _science() -> TaskExample:
     from caopd.tasks.science import load_split
 
     example = load_split(str(SHARED / "science_eval"), "eval")[0]
@@ -48,7 +48,7 @@ def _science() -> Example:
     return dataclasses.replace(example, demonstration=strip_confidence(demo))
 
 
-def _tooluse() -> Example:
+def _tooluse() -> TaskExample:
     from caopd.tasks.tooluse import load_split
 
     example = load_split(str(SHARED / "tooluse_eval"), "eval")[0]
@@ -70,7 +70,7 @@ def _last_user(messages: list[dict]) -> str:
     return [m for m in messages if m["role"] == "user"][-1]["content"]
 
 
-def _check_common(example: Example, messages: list[dict]) -> str:
+def _check_common(example: TaskExample, messages: list[dict]) -> str:
     """Same turns as the student prompt except the last user turn; returns that turn."""
     assert len(messages) == len(example.messages)
     assert [m["role"] for m in messages] == [m["role"] for m in example.messages]
@@ -159,7 +159,7 @@ def test_errors():
 
 
 def test_only_the_last_user_turn_is_replaced():
-    example = Example(
+    example = TaskExample(
         id="x-0",
         messages=[
             {"role": "system", "content": "sys"},

@@ -9,7 +9,7 @@ import pytest
 
 from caopd.index import write_index
 from caopd.job import open_job
-from caopd.plan import canonical_json
+from caopd.hashing import canonical_json
 from caopd.tracking import DEFAULT_URI, ensure_store, tracking_uri
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from caopd.data import write_split
 from caopd.evaluation.work_agreement import agreement, main, variant_agreement
-from caopd.plan import canonical_json
-from caopd.rollouts.engine import RolloutRecord, write_rollouts
+from caopd.hashing import canonical_json
+from caopd.rollouts.engine import RolloutRecord
+from caopd.rollouts.files import write_rollouts
 from caopd.tasks import arith
 from caopd.tasks.arith import response, work_line
 

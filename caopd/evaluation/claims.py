@@ -17,7 +17,7 @@ capability_kept        paired non-inferiority: the 95% interval of the paired ac
 
 ``gap`` is the overconfidence gap (mean confidence - accuracy) of the decoded (stated) numbers:
 the checks never use anything else. Where a greedy run also has the expected stated confidence
-(:mod:`caopd.evaluation.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
+(:mod:`caopd.rollouts.expected_confidence`), the ``caopd_calibrated`` line adds its gap for
 reading, without changing the verdict.
 
 The capability check compares the variants on the SAME questions (every run is evaluated on
@@ -36,12 +36,13 @@ Exit status 0 when all five hold.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from caopd.artifacts import read_metrics_file, read_scored
 
 VARIANTS = ("base", "sdft", "caopd")
 CHECKS = ("sdft_overconfident", "caopd_calibrated", "ece_halved", "confidence_informative",
@@ -184,7 +185,7 @@ def evaluations_from_index(index_dir: Path, root: Path | None = None,
 def metrics_from_index(index_dir: Path, root: Path | None = None,
                        names: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """``{role: metrics.json body}`` of :func:`evaluations_from_index`."""
-    return {role: json.loads((path / "metrics.json").read_text())
+    return {role: read_metrics_file(path)
             for role, path in evaluations_from_index(index_dir, root, names).items()}
 
 
@@ -193,11 +194,9 @@ def checks_from_index(index_dir: Path, root: Path | None = None,
                                                                        dict[str, dict[str, float]],
                                                                        list[Check]]:
     """``(metrics, paired, checks)`` of a finished run, read through its index."""
-    import pandas as pd
-
     evaluations = evaluations_from_index(index_dir, root, names)
-    metrics = {role: json.loads((path / "metrics.json").read_text()) for role, path in evaluations.items()}
-    scored = {role: pd.read_parquet(path / "scored.parquet") for role, path in evaluations.items()}
+    metrics = {role: read_metrics_file(path) for role, path in evaluations.items()}
+    scored = {role: read_scored(path) for role, path in evaluations.items()}
     paired = {other: paired_accuracy(scored["caopd"], scored[other]) for other in ("sdft", "base")}
     return metrics, paired, paper_checks(metrics, paired)
 

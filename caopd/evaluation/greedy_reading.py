@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from caopd.artifacts import read_scored
 from caopd.confidence import format_confidence
 
 #: end of a stated value, as a symbol of its own (values of different lengths stay apart)
@@ -150,7 +151,7 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
         raise FileNotFoundError(f"{index_dir / f'{variant}.json'}: variant {variant!r} has no targets or "
                                 "no evaluation yet")
     targets = pd.concat(tables, ignore_index=True)
-    scored = pd.read_parquet(evaluate_dirs[0] / "scored.parquet")
+    scored = read_scored(evaluate_dirs[0])
     metrics = json.loads((root / index["metrics"]).read_text())
     sdft_metrics = json.loads((root / read_index(index_dir, sdft)["metrics"]).read_text())
     decoded = greedy_by_level(targets)

@@ -6,7 +6,7 @@
 Writes ``scored.parquet`` (one row per answer: prompt id, sample index, level, correctness,
 confidence, parse flags) and ``metrics.json`` (:func:`caopd.evaluation.summary.summarize`, plus
 per-level accuracy and confidence). Where the rollouts carry an expected stated confidence per
-answer (greedy evaluation, :mod:`caopd.evaluation.expected_confidence`), ``metrics.json`` also
+answer (greedy evaluation, :mod:`caopd.rollouts.expected_confidence`), ``metrics.json`` also
 has ``expected_confidence``: the headline metrics with that mean in place of the decoded number,
 on the answers that have one, and ``scored.parquet`` a column of it.
 """
@@ -17,11 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import EXPECTED_FILE, METRICS_FILE, ROLLOUTS_FILE, SCORED_FILE
 from caopd.data import read_split
+from caopd.parquet import table_from_pandas, write_table
 from caopd.store import write_json
 
-METRICS_FILE = "metrics.json"
-SCORED_FILE = "scored.parquet"
 
 
 def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int) -> dict[str, Any]:
@@ -29,8 +29,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     import pandas as pd
 
     from caopd.evaluation.summary import score_rows, summarize, to_jsonable
-    from caopd.rollouts.engine import read_rollouts
-    from caopd.rollouts.stage import EXPECTED_FILE, ROLLOUTS_FILE
+    from caopd.rollouts.files import read_rollouts
 
     split = params.get("split", "eval")
     examples = {ex.id: ex for ex in read_split(inputs["data"], split)}
@@ -62,7 +61,7 @@ def run_evaluate(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Pat
     metrics["task"] = params["task"]
     metrics["n_questions"] = int(np.unique(groups).size)
     metrics["split"] = split
-    scored.to_parquet(Path(out) / SCORED_FILE, index=False)
+    write_table(table_from_pandas(scored), Path(out) / SCORED_FILE, compression="snappy")
     write_json(Path(out) / METRICS_FILE, to_jsonable(metrics))
     return {k: metrics[k] for k in ("n", "accuracy", "mean_confidence", "overconfidence_gap", "ece", "spr")}
 

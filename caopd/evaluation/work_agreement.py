@@ -31,11 +31,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from caopd.tasks.arith import work_line
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.mcq import LETTERS, extract_letter
 
 
-def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, Example]) -> dict[str, float]:
+def agreement(answers: Iterable[tuple[str, str]], examples: Mapping[str, TaskExample]) -> dict[str, float]:
     """Shares of ``answers`` whose value is right, whose glued letter is the value's option,
     whose answer letter follows the work, and that are right (module docstring).
 
@@ -74,8 +74,8 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
     """:func:`agreement` of one variant's evaluated answers, read through its index file."""
     from caopd.data import read_split
     from caopd.index import read_index, stage_dirs
-    from caopd.rollouts.engine import read_rollouts
-    from caopd.rollouts.stage import ROLLOUTS_FILE
+    from caopd.rollouts.files import read_rollouts
+    from caopd.artifacts import ROLLOUTS_FILE, SPEC
 
     root = index_path.parent.parent.parent
     index = read_index(index_path.parent, index_path.stem)
@@ -85,7 +85,7 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
         if not dirs:
             raise FileNotFoundError(f"{index_path}: no {stage} stage yet; run the variant first")
         paths[stage] = dirs[0]
-    split = json.loads((paths["eval_rollouts"] / "spec.json").read_text())["params"]["split"]
+    split = json.loads((paths["eval_rollouts"] / SPEC).read_text())["params"]["split"]
     examples = {ex.id: ex for ex in read_split(paths["prepare_data"], split)}
     records = read_rollouts(paths["eval_rollouts"] / ROLLOUTS_FILE)
     return agreement(((r.prompt_id, r.text) for r in records), examples)

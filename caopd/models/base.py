@@ -7,7 +7,7 @@
   time): the artifact holds ``model_ref.json`` with the resolved directory, the revision and the
   sha256 of every file, and :func:`model_dir` hands that directory to the later stages after
   checking every file against those digests (a changed file is an error naming it). A local
-  directory's digests are also in the key (:func:`caopd.plan.model_fingerprint`), and the job
+  directory's digests are also in the key (:func:`caopd.sources.model_fingerprint`), and the job
   refuses a directory that changed between planning and running. The same code path loads
   ``Qwen/Qwen3-8B`` on a cluster whose cache or shared disk holds it.
 """
@@ -19,12 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import MODEL_REF, MODEL_SUBDIR, WARMUP_CURVE
 from caopd.store import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-MODEL_SUBDIR = "model"
-MODEL_REF = "model_ref.json"
 
 
 def model_dir(artifact: str | Path) -> Path:
@@ -114,7 +113,7 @@ def build_tiny(params: Mapping[str, Any], out: Path, *, threads: int, tracker=No
     with torch.no_grad():
         if not torch.equal(model(probe).logits, reloaded(probe).logits):
             raise RuntimeError(f"{target}: the reloaded model computes different logits")
-    write_json(out / "warmup_curve.json", curve)
+    write_json(out / WARMUP_CURVE, curve)
     return {
         "n_parameters": n_params,
         "vocab_size": len(tokenizer),

@@ -1,9 +1,9 @@
-"""The rollout-engine interface, its output schema and the rollouts Parquet file (DESIGN §7).
+"""The rollout-engine interface and its output record (DESIGN §7).
 
 Every engine takes ``(prompt_id, chat messages)`` pairs and returns :class:`RolloutRecord` rows:
-for each prompt, ``n`` samples with sample indices ``0..n-1``, in input order. The records are
-written to a Parquet file with a fixed schema whose bytes depend only on the records (two writes
-of the same records are byte-identical), so the ``rollouts`` stage can be checked by sha256.
+for each prompt, ``n`` samples with sample indices ``0..n-1``, in input order. Prompts are
+encoded by :mod:`caopd.rollouts.prompting`; the records are stored by
+:mod:`caopd.rollouts.files`.
 
 This module imports no torch, transformers or vLLM: engines are registered by import path in
 :data:`ENGINES` and loaded by :func:`make_engine` on demand.
@@ -12,15 +12,11 @@ This module imports no torch, transformers or vLLM: engines are registered by im
 from __future__ import annotations
 
 import importlib
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-#: Version of the rollouts file schema; stored in the Parquet schema metadata.
-ROLLOUTS_SCHEMA_VERSION = "1"
 FINISH_REASONS = ("stop", "length")
 
 Prompt = tuple[str, list[dict[str, str]]]
@@ -146,146 +142,3 @@ def make_engine(name: str, model_path: str | Path, **options: Any) -> RolloutEng
     if name not in ENGINES:
         raise ValueError(f"unknown rollout engine {name!r}; choose one of {sorted(ENGINES)}")
     return ENGINES[name].load()(str(model_path), **options)
-
-
-def check_prompts(prompts: Sequence[Prompt]) -> None:
-    """Raise ``ValueError`` on duplicate prompt ids or a prompt without messages."""
-    seen: set[str] = set()
-    for prompt_id, messages in prompts:
-        if prompt_id in seen:
-            raise ValueError(f"duplicate prompt_id {prompt_id!r}: prompt ids must be unique per generate() call")
-        if not messages:
-            raise ValueError(f"prompt {prompt_id!r} has no chat messages")
-        seen.add(prompt_id)
-
-
-def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
-    """Token ids of ``messages`` rendered by the tokenizer's chat template, generation prompt added.
-
-    transformers 5 returns a ``BatchEncoding`` from ``apply_chat_template(tokenize=True)``
-    (4.x returned a list); both are accepted.
-    """
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
-    if isinstance(out, Mapping) or hasattr(out, "keys"):
-        out = out["input_ids"]
-    if hasattr(out, "tolist"):
-        out = out.tolist()
-    if out and isinstance(out[0], list):
-        if len(out) != 1:
-            raise ValueError(f"chat template returned {len(out)} sequences for one conversation")
-        out = out[0]
-    return [int(i) for i in out]
-
-
-def encode_checked(
-    tokenizer: Any,
-    prompts: Sequence[Prompt],
-    max_new_tokens: int,
-    max_positions: int | None,
-    **template_kwargs: Any,
-) -> list[list[int]]:
-    """Chat-templated ids of every prompt (generation prompt added); a ``ValueError`` names the
-    first prompt that cannot fit ``max_new_tokens`` more tokens in ``max_positions``."""
-    check_prompts(prompts)
-    encoded = [chat_prompt_ids(tokenizer, messages, **template_kwargs) for _, messages in prompts]
-    for (prompt_id, _), ids in zip(prompts, encoded):
-        if max_positions is not None and len(ids) + max_new_tokens > max_positions:
-            raise ValueError(
-                f"prompt {prompt_id!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                f"it exceeds the model's {max_positions} positions: lower max_new_tokens or shorten the prompt"
-            )
-    return encoded
-
-
-def resolve_stop_ids(tokenizer_eos: int | None, checkpoint_eos: int | Sequence[int] | None) -> list[int]:
-    """Ids that end a completion: the tokenizer's eos, then the checkpoint generation config's.
-
-    Qwen chat models list ``<|im_end|>`` and ``<|endoftext|>`` in ``generation_config.json``;
-    vLLM stops on both, and so do our engines. Order kept, duplicates dropped.
-    """
-    if checkpoint_eos is None:
-        checkpoint_eos = []
-    elif isinstance(checkpoint_eos, int):
-        checkpoint_eos = [checkpoint_eos]
-    ids = ([tokenizer_eos] if tokenizer_eos is not None else []) + [int(i) for i in checkpoint_eos]
-    if not ids:
-        raise ValueError("neither the tokenizer nor generation_config.json names an eos token")
-    return list(dict.fromkeys(ids))
-
-
-# --- the rollouts file -------------------------------------------------------------------------
-
-_COLUMNS = (
-    "prompt_id",
-    "sample_index",
-    "prompt_token_ids",
-    "completion_token_ids",
-    "text",
-    "finish_reason",
-    "seed",
-)
-
-
-def _schema():  # -> pyarrow.Schema
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            pa.field("prompt_id", pa.string(), nullable=False),
-            pa.field("sample_index", pa.int32(), nullable=False),
-            pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),
-            pa.field("completion_token_ids", pa.list_(pa.int32()), nullable=False),
-            pa.field("text", pa.string(), nullable=False),
-            pa.field("finish_reason", pa.string(), nullable=False),
-            pa.field("seed", pa.int64(), nullable=False),
-        ],
-        metadata={"caopd.rollouts.schema_version": ROLLOUTS_SCHEMA_VERSION},
-    )
-
-
-def write_rollouts(records: Sequence[RolloutRecord], path: str | Path) -> Path:
-    """Write ``records`` to a Parquet file at ``path`` (atomically: temp file + rename).
-
-    Rows are sorted by ``(prompt_id, sample_index)``; schema, row-group size and zstd compression
-    are fixed and no pandas metadata is stored, so the bytes depend only on the records.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ordered = sorted(records, key=lambda r: (r.prompt_id, r.sample_index))
-    keys = [(r.prompt_id, r.sample_index) for r in ordered]
-    if len(set(keys)) != len(keys):
-        raise ValueError("duplicate (prompt_id, sample_index) in rollout records")
-    columns = {name: [getattr(r, name) for r in ordered] for name in _COLUMNS}
-    table = pa.Table.from_pydict(columns, schema=_schema())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=max(len(ordered), 1),
-            use_dictionary=True,
-            write_statistics=True,
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def read_rollouts(path: str | Path) -> list[RolloutRecord]:
-    """Read a file written by :func:`write_rollouts` (rows in file order)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    if tuple(table.column_names) != _COLUMNS:
-        raise ValueError(f"{path}: not a rollouts file; columns {table.column_names}, expected {list(_COLUMNS)}")
-    version = (table.schema.metadata or {}).get(b"caopd.rollouts.schema_version", b"?").decode()
-    if version != ROLLOUTS_SCHEMA_VERSION:
-        raise ValueError(f"{path}: rollouts schema version {version}, this code reads {ROLLOUTS_SCHEMA_VERSION}")
-    return [RolloutRecord(**row) for row in table.to_pylist()]

@@ -29,13 +29,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from caopd.rollouts.engine import (
-    Prompt,
-    RolloutRecord,
-    SamplingConfig,
-    encode_checked,
-    resolve_stop_ids,
-)
+from caopd.rollouts.engine import Prompt, RolloutRecord, SamplingConfig
+from caopd.rollouts.prompting import encode_checked, resolve_stop_ids
 
 _DTYPES = {
     "float32": "float32",

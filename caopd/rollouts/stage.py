@@ -6,7 +6,7 @@ default at 0.8, chosen on the validation split); evaluation takes the eval split
 output is ``rollouts.parquet`` in the schema of :class:`caopd.rollouts.engine.RolloutRecord`.
 A greedy evaluation also writes ``expected_confidence.parquet`` (``prompt_id``, ``sample_index``,
 ``expected_confidence``): the mean of the confidence the model states at each of its answers,
-beside the number it decoded (:mod:`caopd.evaluation.expected_confidence`).
+beside the number it decoded (:mod:`caopd.rollouts.expected_confidence`).
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from caopd.artifacts import EXPECTED_FILE, ROLLOUTS_FILE
 from caopd.data import read_split
 from caopd.models.base import model_dir
-from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine, write_rollouts
+from caopd.parquet import write_table
+from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine
+from caopd.rollouts.files import write_rollouts
 
-ROLLOUTS_FILE = "rollouts.parquet"
-EXPECTED_FILE = "expected_confidence.parquet"  # greedy evaluation only; caopd.evaluation.stage reads it
 
 
 def sample_rollouts(
@@ -72,12 +73,11 @@ def sample_rollouts(
 
 def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_size: int,
                               out: str | Path) -> dict[str, Any]:
-    """Score ``records`` with :func:`caopd.evaluation.expected_confidence.expected_confidences`
+    """Score ``records`` with :func:`caopd.rollouts.expected_confidence.expected_confidences`
     on the engine's own model and write them beside the rollouts; a summary for the manifest."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from caopd.evaluation import expected_confidence as ec
+    from caopd.rollouts import expected_confidence as ec
 
     if not hasattr(eng, "model") or not hasattr(eng, "tokenizer"):
         raise ValueError(f"expected confidence needs the model's token probabilities; engine "
@@ -92,7 +92,7 @@ def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_
         "sample_index": pa.array([r.sample_index for r in records], pa.int32()),
         "expected_confidence": pa.array(values, pa.float64()),
     })
-    pq.write_table(table, Path(out) / EXPECTED_FILE)
+    write_table(table, Path(out) / EXPECTED_FILE, compression="snappy")
     scored = [v for v in values if v is not None]
     return {
         "expected_confidence_rows": len(scored),

@@ -25,13 +25,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from caopd.rollouts.engine import (
-    Prompt,
-    RolloutRecord,
-    SamplingConfig,
-    encode_checked,
-    resolve_stop_ids,
-)
+from caopd.rollouts.engine import Prompt, RolloutRecord, SamplingConfig
+from caopd.rollouts.prompting import encode_checked, resolve_stop_ids
 
 _INSTALL_HINT = (
     "the 'vllm' rollout engine needs vLLM (GPU only): pip install caopd[vllm] "

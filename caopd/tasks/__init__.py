@@ -12,7 +12,7 @@ Each task class carries its ``name`` and ``version`` and provides ``verify``,
 from __future__ import annotations
 
 from caopd.tasks.arith import ArithTask
-from caopd.tasks.base import Example, Task, TaskDataError
+from caopd.tasks.base import TaskExample, Task, TaskDataError
 from caopd.tasks.science import ScienceTask
 from caopd.tasks.tooluse import ToolUseTask
 
@@ -30,4 +30,4 @@ def get_task(name: str) -> ArithTask | ScienceTask | ToolUseTask:
     return TASKS[name]()
 
 
-__all__ = ["TASKS", "Example", "Task", "TaskDataError", "get_task"]
+__all__ = ["TASKS", "TaskExample", "Task", "TaskDataError", "get_task"]

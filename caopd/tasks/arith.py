@@ -79,7 +79,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from caopd.tasks.base import Example
+from caopd.tasks.base import TaskExample
 from caopd.tasks.mcq import LETTERS, canonical_letter, extract_letter, verify_letter
 from caopd.tasks.prompts import with_confidence_instruction
 from caopd.tasks.splits import split_seed
@@ -124,7 +124,7 @@ def _distractors(result: int, level: int, rng: random.Random) -> list[int]:
     return [result - d if d in below else result + d for d in deltas]
 
 
-def _draw(level: int, rng: random.Random, example_id: str) -> Example:
+def _draw(level: int, rng: random.Random, example_id: str) -> TaskExample:
     op, (a_lo, a_hi), (b_lo, b_hi) = LEVELS[level]
     a = rng.randint(a_lo, a_hi)
     b = rng.randint(b_lo, b_hi)
@@ -139,7 +139,7 @@ def _draw(level: int, rng: random.Random, example_id: str) -> Example:
         f"Level {level}. What is {a} {op} {b}?\nOptions:\n{listed}\n"
         "Answer with the letter of the correct option as <answer>X</answer>."
     )
-    return Example(
+    return TaskExample(
         id=example_id,
         messages=[{"role": "user", "content": question}],
         question=question,
@@ -158,7 +158,7 @@ def generate(
     level_weights: Sequence[float] | None = None,
     split: str = "train",
     exclude: set[str] | None = None,
-) -> list[Example]:
+) -> list[TaskExample]:
     """``n`` distinct arithmetic questions, ids ``arith-{split}-{i:06d}``.
 
     Args:
@@ -167,7 +167,7 @@ def generate(
         levels: levels to draw from (module docstring).
         level_weights: relative weights of ``levels`` (``None``: uniform).
         split: only names the ids.
-        exclude: question texts (:attr:`Example.question`) that must not be drawn, e.g. the
+        exclude: question texts (:attr:`TaskExample.question`) that must not be drawn, e.g. the
             questions of the other splits.
 
     Raises:
@@ -179,7 +179,7 @@ def generate(
     _check_levels(levels, level_weights)
     rng = random.Random(seed)
     taken = set(exclude or ())
-    examples: list[Example] = []
+    examples: list[TaskExample] = []
     max_draws = 20 * n + 10_000
     draws = 0
     while len(examples) < n:
@@ -201,7 +201,7 @@ def generate(
 
 
 def response(
-    example: Example,
+    example: TaskExample,
     *,
     answer_letter: str,
     confidence: float | None,
@@ -273,7 +273,7 @@ class ArithTask:
         ``[{"Answer": "B"}]``): its letter; ValueError naming any other value."""
         return canonical_letter(value)
 
-    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[TaskExample]]:
         """Mutually disjoint ``train``/``val``/``eval`` splits.
 
         Args:
@@ -288,7 +288,7 @@ class ArithTask:
         arith = options["arith"]
         levels = list(arith["levels"])
         weights = arith.get("level_weights")
-        splits: dict[str, list[Example]] = {}
+        splits: dict[str, list[TaskExample]] = {}
         taken: set[str] = set()
         for split in ("eval", "val", "train"):
             n = sizes[split]

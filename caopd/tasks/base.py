@@ -1,6 +1,6 @@
 """The task interface: what every task (arith, science, tooluse) provides.
 
-A task turns raw data into :class:`Example` rows and owns the one verifier used everywhere
+A task turns raw data into :class:`TaskExample` rows and owns the one verifier used everywhere
 (targets, evaluation, the ``caopd evaluate`` command line).
 """
 
@@ -15,7 +15,7 @@ class TaskDataError(ValueError):
 
 
 @dataclass(frozen=True)
-class Example:
+class TaskExample:
     """One prepared row.
 
     Attributes:
@@ -42,7 +42,7 @@ class Example:
         return asdict(self)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Example":
+    def from_row(cls, row: dict[str, Any]) -> "TaskExample":
         return cls(**row)
 
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from caopd.tasks.base import Example
+from caopd.confidence import LABEL_TAG, LABEL_WORDS
+from caopd.tasks.base import TaskExample
 
 CONFIDENCE_INSTRUCTION = (
     "Confidence: your confidence level (0.0-1.0) regarding the success of this action, "
@@ -43,9 +44,7 @@ SOLUTION_CLOSING = "Correctly solve the original question."
 # :mod:`caopd.confidence`, but only at a line start: a demonstration is free text, where
 # "... with high confidence: ..." mid-line is prose.
 CONFIDENCE_LABEL_RE = re.compile(
-    r"^[ \t>#*_\-]*(?:confidence(?:[ \t]+(?:level|score))?"
-    r"(?:[ \t]*(?:\([^()\[\]\n]{0,40}\)|\[[^()\[\]\n]{0,40}\]))?[ \t*_]*[:=]"
-    r"|<[ \t]*confidence[ \t]*>)",
+    r"^[ \t>#*_\-]*(?:" + LABEL_WORDS + r"[ \t*_]*[:=]|" + LABEL_TAG + ")",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -95,7 +94,7 @@ def strip_confidence(text: str) -> str:
 
 
 def teacher_messages(
-    example: Example,
+    example: TaskExample,
     *,
     mode: Literal["demo", "correct_solution"],
     p_acc: float | None,

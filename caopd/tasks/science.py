@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from caopd.tasks.base import Example, TaskDataError
+from caopd.tasks.base import TaskExample, TaskDataError
 from caopd.tasks.mcq import LETTERS, canonical_letter, extract_letter, verify_letter
 from caopd.tasks.prompts import strip_confidence, with_confidence_instruction
 from caopd.tasks.splits import assemble_splits, open_dataset
@@ -53,8 +53,8 @@ def _student_messages(turns: Any, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str) -> Example:
-    """One science row (either format) as an :class:`Example`; TaskDataError names path and row."""
+def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str) -> TaskExample:
+    """One science row (either format) as an :class:`TaskExample`; TaskDataError names path and row."""
     where = f"{path} row {index}"
     columns = set(row)
     if EVAL_COLUMNS <= columns:
@@ -82,7 +82,7 @@ def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str)
             f"{path}: unknown science format, columns {sorted(columns)}; expected "
             f"{sorted(EVAL_COLUMNS)} (eval) or {sorted(TRAIN_COLUMNS)} (training)"
         )
-    return Example(
+    return TaskExample(
         id=f"science-{split}-{index:06d}",
         messages=messages,
         question=messages[-1]["content"],
@@ -93,7 +93,7 @@ def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str)
     )
 
 
-def load_split(path: str, split: str) -> list[Example]:
+def load_split(path: str, split: str) -> list[TaskExample]:
     """Every row of the dataset at ``path`` as examples (``load_from_disk`` dir, else hub id)."""
     dataset = open_dataset(path, split)
     columns = set(dataset.column_names)
@@ -126,7 +126,7 @@ class ScienceTask:
         ``[{"Answer": "B"}]``): its letter; ValueError naming any other value."""
         return canonical_letter(value)
 
-    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[TaskExample]]:
         """Splits from ``options["paths"]``, capped by ``options["sizes"]``.
 
         See :func:`caopd.tasks.splits.assemble_splits` (val carved from train when it has no

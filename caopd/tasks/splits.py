@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from caopd.tasks.base import Example, TaskDataError
+from caopd.tasks.base import TaskExample, TaskDataError
 
 SPLITS = ("train", "val", "eval")
 _SPLIT_OFFSETS = {"train": 1, "val": 2, "eval": 3}
@@ -73,7 +73,7 @@ def _size(sizes: Mapping[str, Any], split: str) -> int | None:
     return value
 
 
-def _subset(rows: list[Example], n: int | None, rng: random.Random | None) -> list[Example]:
+def _subset(rows: list[TaskExample], n: int | None, rng: random.Random | None) -> list[TaskExample]:
     """At most ``n`` rows in source order: a random subset with ``rng``, else the first ``n``."""
     if n is None or n >= len(rows):
         return rows
@@ -84,10 +84,10 @@ def _subset(rows: list[Example], n: int | None, rng: random.Random | None) -> li
 
 
 def assemble_splits(
-    load_split: Callable[[str, str], list[Example]],
+    load_split: Callable[[str, str], list[TaskExample]],
     options: Mapping[str, Any],
     seed: int,
-) -> dict[str, list[Example]]:
+) -> dict[str, list[TaskExample]]:
     """``{"train", "val", "eval"}`` example lists following the rules of the module docstring.
 
     Args:

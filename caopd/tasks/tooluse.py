@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from caopd.tasks.base import Example, TaskDataError
+from caopd.tasks.base import TaskExample, TaskDataError
 from caopd.tasks.prompts import strip_confidence, with_confidence_instruction
 from caopd.tasks.splits import assemble_splits, open_dataset
 
@@ -233,8 +233,8 @@ def _ground_truth(golden: Any, where: str) -> str:
     return json.dumps(steps, ensure_ascii=False)
 
 
-def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str) -> Example:
-    """One tooluse row as an :class:`Example`; TaskDataError names the path and row."""
+def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str) -> TaskExample:
+    """One tooluse row as an :class:`TaskExample`; TaskDataError names the path and row."""
     where = f"{path} row {index}"
     missing = REQUIRED_COLUMNS - set(row)
     if missing:
@@ -258,7 +258,7 @@ def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str)
     question = with_confidence_instruction(prompt)
     meta: dict[str, Any] = {"source": path, "row": index}
     meta.update({column: row[column] for column in META_COLUMNS if column in row})
-    return Example(
+    return TaskExample(
         id=f"tooluse-{split}-{index:06d}",
         messages=[{"role": "user", "content": question}],
         question=question,
@@ -269,7 +269,7 @@ def row_to_example(row: Mapping[str, Any], *, index: int, path: str, split: str)
     )
 
 
-def load_split(path: str, split: str) -> list[Example]:
+def load_split(path: str, split: str) -> list[TaskExample]:
     """Every row of the dataset at ``path`` as examples (``load_from_disk`` dir, else hub id)."""
     dataset = open_dataset(path, split)
     missing = REQUIRED_COLUMNS - set(dataset.column_names)
@@ -306,7 +306,7 @@ class ToolUseTask:
         """
         return _ground_truth(value, "tooluse ground truth")
 
-    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[Example]]:
+    def load_splits(self, options: Mapping[str, Any], seed: int) -> dict[str, list[TaskExample]]:
         """Splits from ``options["paths"]``, capped by ``options["sizes"]``.
 
         See :func:`caopd.tasks.splits.assemble_splits`.

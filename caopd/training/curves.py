@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-CURVES_FILE = "curves.parquet"
-
 #: Float columns of a curve row, after ``step`` and ``round`` (int64).
 CURVE_FLOATS = (
     "lr",
@@ -22,14 +20,14 @@ CURVE_FLOATS = (
 def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     """The curve rows as parquet (fixed column order and types)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from caopd.parquet import write_table
 
     schema = pa.schema(
         [("step", pa.int64()), ("round", pa.int64())]
         + [(name, pa.float64()) for name in CURVE_FLOATS]
     )
-    table = pa.Table.from_pylist(rows, schema=schema)
-    pq.write_table(table, path)
+    write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="snappy")
 
 
 def read_curves(path: Path) -> list[dict[str, Any]]:

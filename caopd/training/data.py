@@ -31,19 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from caopd.artifacts import TRAINING_COLUMNS
 from caopd.training.loss import completion_loss_mask
-
-EXAMPLE_COLUMNS = (
-    "prompt_id",
-    "sample_index",
-    "student_input_ids",
-    "student_prompt_len",
-    "teacher_input_ids",
-    "teacher_prompt_len",
-    "completion_len",
-    "p_acc",
-    "stated_confidence",
-)
 
 #: Id written into padded slots. Padding sits after every real token (right padding) and is
 #: masked out, so under causal attention its value never reaches a real position.
@@ -51,7 +40,7 @@ PAD_ID = 0
 
 
 @dataclass(frozen=True)
-class Example:
+class DistillExample:
     """One training example: the same completion after a student and a teacher prompt.
 
     Attributes:
@@ -71,7 +60,7 @@ class Example:
     prompt_id: str = ""
 
 
-def example_from_row(row: Mapping) -> Example:
+def example_from_row(row: Mapping) -> DistillExample:
     name = f"example (prompt_id={row['prompt_id']!r}, sample_index={row['sample_index']})"
     student = np.asarray(row["student_input_ids"], dtype=np.int64)
     teacher = np.asarray(row["teacher_input_ids"], dtype=np.int64)
@@ -92,7 +81,7 @@ def example_from_row(row: Mapping) -> Example:
     if c and not np.array_equal(student[-c:], teacher[-c:]):
         raise ValueError(f"{name}: the student's and the teacher's completion ids differ")
     confidence = row["stated_confidence"]
-    return Example(
+    return DistillExample(
         student_ids=student,
         teacher_ids=teacher,
         completion_len=c,
@@ -102,7 +91,7 @@ def example_from_row(row: Mapping) -> Example:
     )
 
 
-def load_examples(path: str | Path) -> list[Example]:
+def load_examples(path: str | Path) -> list[DistillExample]:
     """Read ``examples.parquet`` (the rewrite stage's output) in its stored row order.
 
     Raises:
@@ -111,10 +100,10 @@ def load_examples(path: str | Path) -> list[Example]:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    missing = [c for c in EXAMPLE_COLUMNS if c not in table.column_names]
+    missing = [c for c in TRAINING_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: examples table lacks columns {missing}")
-    return [example_from_row(row) for row in table.select(list(EXAMPLE_COLUMNS)).to_pylist()]
+    return [example_from_row(row) for row in table.select(list(TRAINING_COLUMNS)).to_pylist()]
 
 
 def micro_batches_per_epoch(n_examples: int, batch_size: int) -> int:
@@ -238,7 +227,7 @@ def _predicting_positions(
     return targets - 1, keep.flatten()[targets].to(torch.float32)
 
 
-def collate(examples: Sequence[Example], skip_first_tokens: int, real: bool = True) -> Batch:
+def collate(examples: Sequence[DistillExample], skip_first_tokens: int, real: bool = True) -> Batch:
     """Right-pad ``examples`` and locate the hidden states predicting their completion tokens.
 
     ``real=False`` (a filler batch, see :func:`shard`) zeroes every weight.

@@ -56,7 +56,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from caopd.training.curves import CURVES_FILE, write_curves
+from caopd.artifacts import CURVES_FILE, STATE_DIR
+from caopd.training.curves import write_curves
 from caopd.training.data import (
     Batch,
     collate,
@@ -70,7 +71,6 @@ from caopd.training.logit_transform import LogitTransform, logit_transform_for
 from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
 from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
-    STATE,
     STUDENT,
     TEACHER,
     TrainerState,
@@ -278,7 +278,7 @@ class _Run:
 def run_identity(params: Mapping[str, Any], seed: int, inputs: Mapping[str, Path]) -> dict[str, Any]:
     """What a resume checkpoint must belong to: the params, the seed and the sha256 of the
     files the round trains from (``inputs``: name -> file)."""
-    from caopd.plan import sha256_file
+    from caopd.hashing import sha256_file
 
     return {
         "params": json.loads(json.dumps(params, sort_keys=True)),
@@ -315,7 +315,7 @@ def make_accelerator():
 def _checkpoint_to_resume(work_dir: Path | None, identity: Mapping[str, Any]) -> Path | None:
     """The newest checkpoint in ``work_dir``, checked to belong to this run."""
     checkpoint = latest_checkpoint(work_dir)
-    if checkpoint is not None and read_trainer_state(checkpoint / STATE).run != identity:
+    if checkpoint is not None and read_trainer_state(checkpoint / STATE_DIR).run != identity:
         raise ValueError(
             f"{checkpoint} is a checkpoint of another run (params, seed or inputs differ); "
             f"delete {work_dir} to start afresh"
@@ -328,10 +328,10 @@ def _restore_state(
 ) -> tuple[TrainerState, list[dict[str, Any]]]:
     """Load optimizer/scheduler/RNG from a checkpoint or the previous round; (progress, rows)."""
     if checkpoint is not None:
-        saved = load_training_state(checkpoint / STATE, optimizer, scheduler)
+        saved = load_training_state(checkpoint / STATE_DIR, optimizer, scheduler)
         log.info("resuming from %s (global step %d)", checkpoint, saved.global_step)
         progress = replace(progress, global_step=saved.global_step, step_in_round=saved.step_in_round)
-        return progress, read_curves_json(checkpoint / STATE)
+        return progress, read_curves_json(checkpoint / STATE_DIR)
     if state_dir is not None:
         previous = load_training_state(state_dir, optimizer, scheduler)
         r = progress.round
@@ -508,8 +508,8 @@ def _write_models(run: _Run, directory: Path) -> None:
 
 def _write_checkpoint(run: _Run, directory: Path) -> None:
     _write_models(run, directory)
-    save_training_state(directory / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
-    write_curves_json(directory / STATE, run.rows)
+    save_training_state(directory / STATE_DIR, run.raw_optimizer, run.raw_scheduler, run.progress)
+    write_curves_json(directory / STATE_DIR, run.rows)
     run.source.save(directory)
 
 
@@ -557,7 +557,7 @@ def train_round(
         _write_models(run, out)
         for sub in (STUDENT, TEACHER):
             copy_tokenizer(student_dir, out / sub)
-        save_training_state(out / STATE, run.raw_optimizer, run.raw_scheduler, run.progress)
+        save_training_state(out / STATE_DIR, run.raw_optimizer, run.raw_scheduler, run.progress)
         write_curves(out / CURVES_FILE, run.rows)
         extra = run.source.publish(out)
         if tracker is not None:

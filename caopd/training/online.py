@@ -22,7 +22,7 @@ distill job, with the pure functions of the round stages, so the math is shared,
 batches (faster generation) at the cost of targets up to ``refresh_every − 1`` steps old.
 
 Every window's files are kept in the artifact, readable like the round stages' outputs
-(:func:`caopd.rollouts.engine.read_rollouts`, :func:`caopd.targets.read_targets`,
+(:func:`caopd.rollouts.files.read_rollouts`, :func:`caopd.targets.read_targets`,
 :func:`caopd.rewrite.read_examples`)::
 
     online/refresh-00000/rollouts.parquet          # the window's rollouts (RolloutRecord schema)
@@ -57,8 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from caopd.artifacts import EXAMPLES_FILE, ROLLOUTS_FILE, split_file
 from caopd.store import read_json, write_json
-from caopd.training.data import Example, example_from_row, epoch_order
+from caopd.training.data import DistillExample, example_from_row, epoch_order
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def window_seed(seed: int, round_: int, window: int) -> int:
 
 def window_files(directory: Path) -> dict[str, str]:
     """``{file name: sha256}`` of a window directory's files."""
-    from caopd.plan import sha256_file
+    from caopd.hashing import sha256_file
 
     return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
 
@@ -186,11 +187,11 @@ class OnlineSource:
         self.steps = [step for epoch in plan for step in epoch]
         self.window_of = refresh_windows([len(epoch) for epoch in plan], distill["refresh_every"])
         self.window_mix = bool(distill["window_mix"])
-        self._window_rows: dict[int, list[Example]] = {}
+        self._window_rows: dict[int, list[DistillExample]] = {}
         self.records_dir = Path(records_dir)
         self._engine = None
         self._loaded: int | None = None
-        self._by_prompt: dict[str, list[Example]] = {}
+        self._by_prompt: dict[str, list[DistillExample]] = {}
 
     @property
     def n_steps(self) -> int:
@@ -208,7 +209,7 @@ class OnlineSource:
 
     # --- the steps ------------------------------------------------------------------------------
 
-    def micro_batches(self, step: int) -> list[list[Example]]:
+    def micro_batches(self, step: int) -> list[list[DistillExample]]:
         """The K rollouts of each of the step's prompts, sampled at the start of its window,
         cut into micro-batches of ``batch_size`` examples (at most ``grad_accum`` of them)."""
         window = self.window_of[step]
@@ -217,11 +218,11 @@ class OnlineSource:
         rows = self._window_rows[step] if self.window_mix else self._own_rows(step)
         return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
-    def _own_rows(self, step: int) -> list[Example]:
+    def _own_rows(self, step: int) -> list[DistillExample]:
         """The K rollouts of each prompt of ``step``, in plan order."""
         return [ex for i in self.steps[step] for ex in self._by_prompt.get(self.prompts[int(i)].id, [])]
 
-    def _mix_window(self, window: int) -> dict[int, list[Example]]:
+    def _mix_window(self, window: int) -> dict[int, list[DistillExample]]:
         """``window_mix``: the window's examples pooled in step order and permuted (seeded by
         stage seed, round and window); each step takes as many of them as its own prompts have,
         so step sizes (and the token normaliser) are those of the unmixed plan."""
@@ -237,13 +238,13 @@ class OnlineSource:
 
     def _enter(self, window: int) -> None:
         """Sample the window (main process, unless a resumed run kept it), then read it back."""
-        from caopd.rewrite import EXAMPLES_FILE, read_examples
+        from caopd.rewrite import read_examples
 
         directory = self.window_dir(window)
         if self.accelerator.is_main_process and not directory.is_dir():
             self._sample(window, directory)
         self.accelerator.wait_for_everyone()
-        by_prompt: dict[str, list[Example]] = {}
+        by_prompt: dict[str, list[DistillExample]] = {}
         for row in read_examples(directory / EXAMPLES_FILE):
             by_prompt.setdefault(row["prompt_id"], []).append(example_from_row(row))
         self._by_prompt, self._loaded = by_prompt, window
@@ -251,10 +252,10 @@ class OnlineSource:
             self._window_rows = self._mix_window(window)
 
     def _sample(self, window: int, directory: Path) -> None:
-        from caopd.rewrite import EXAMPLES_FILE, build_examples, write_examples
-        from caopd.rollouts.engine import write_rollouts
+        from caopd.rewrite import build_examples, write_examples
+        from caopd.rollouts.files import write_rollouts
         from caopd.rollouts.hf import HFEngine
-        from caopd.targets import ROLLOUTS_FILE, compute_targets, targets_summary, write_targets
+        from caopd.targets import compute_targets, targets_summary, write_targets
 
         began = time.perf_counter()
         steps = self.window_steps(window)
@@ -411,7 +412,7 @@ def run_online_distill(
         params,
         make_source=make_source,
         total_steps=online_total_steps(schedule["prompts_per_round"], per_step, cfg.epochs),
-        identity=run_identity(params, seed, {"train": data_dir / "train.jsonl"}),
+        identity=run_identity(params, seed, {"train": data_dir / split_file("train")}),
         student_dir=Path(student_dir),
         teacher_dir=None if teacher_dir is None else Path(teacher_dir),
         state_dir=None if state_dir is None else Path(state_dir),

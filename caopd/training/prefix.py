@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caopd.training.data import PAD_ID, Batch, Example
+from caopd.training.data import PAD_ID, Batch, DistillExample
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class GroupedBatch:
         return int((self.weights != 0).sum())
 
 
-def collate_groups(examples: Sequence[Example], skip_first_tokens: int, real: bool = True) -> GroupedBatch:
+def collate_groups(examples: Sequence[DistillExample], skip_first_tokens: int, real: bool = True) -> GroupedBatch:
     """:func:`~caopd.training.data.collate` on shared prefixes: the same weights, statistics and
     position order; ``real=False`` (a filler batch) zeroes every weight."""
     if not examples:

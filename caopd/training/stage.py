@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from caopd.training.curves import CURVES_FILE, read_curves
+from caopd.artifacts import CURVES_FILE, EXAMPLES_FILE, STATE_DIR
+from caopd.training.curves import read_curves
 
 #: Where a distill job keeps its resume checkpoints, relative to the working directory.
 WORK_ROOT = Path("results/.work/distill")
@@ -36,7 +37,7 @@ def distill_arguments(job: Any) -> dict[str, Any]:
     arguments: dict[str, Any] = dict(
         student_dir=model_dir(previous),
         teacher_dir=previous / "teacher" if carried else None,
-        state_dir=previous / "state" if carried else None,
+        state_dir=previous / STATE_DIR if carried else None,
         out=job.out,
         work_dir=WORK_ROOT / job.key,
         seed=job.seed,
@@ -44,7 +45,7 @@ def distill_arguments(job: Any) -> dict[str, Any]:
     if job.params["distill"]["schedule"] == "online":
         arguments["data_dir"] = job.inputs["data"]
     else:
-        arguments["examples_path"] = job.inputs["examples"] / "examples.parquet"
+        arguments["examples_path"] = job.inputs["examples"] / EXAMPLES_FILE
     return arguments
 
 

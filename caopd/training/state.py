@@ -35,17 +35,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from caopd.artifacts import MANIFEST, SPEC
 from caopd.store import ArtifactError, read_json, seal, verify_sealed, write_json
 
 STUDENT = "student"
 TEACHER = "teacher"
-STATE = "state"
 TRAINER_STATE = "trainer_state.json"
 CURVES_JSON = "curves.json"
 CHECKPOINT_PREFIX = "step-"
 
 #: Files of a model directory that are not the tokenizer's (not copied by :func:`copy_tokenizer`).
-MODEL_FILES = frozenset({"config.json", "generation_config.json", "spec.json", "manifest.json"})
+MODEL_FILES = frozenset({"config.json", "generation_config.json", SPEC, MANIFEST})
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".msgpack", ".h5")
 
 

@@ -1,7 +1,7 @@
 """What each optimizer step of a distill round trains on: its step source.
 
 A step source hands the training loop, for optimizer step ``s`` of the round, that step's
-global micro-batches (lists of :class:`~caopd.training.data.Example`; at most ``grad_accum`` of
+global micro-batches (lists of :class:`~caopd.training.data.DistillExample`; at most ``grad_accum`` of
 them, each at most ``batch_size`` examples over ALL processes). Two sources exist:
 
 - :class:`FixedExamples` (``distill.schedule: rounds``): the round's examples were built by the
@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from caopd.training.data import Batch, Example, collate, epoch_order, shard
+from caopd.training.data import Batch, DistillExample, collate, epoch_order, shard
 from caopd.training.prefix import GroupedBatch, collate_groups
 
 
@@ -41,7 +41,7 @@ class StepSource(Protocol):
     def n_examples(self) -> int:
         """Examples the round trains on (for the log and the summary)."""
 
-    def micro_batches(self, step: int) -> list[list[Example]]:
+    def micro_batches(self, step: int) -> list[list[DistillExample]]:
         """The global micro-batches of 0-based step ``step`` of the round."""
 
     def save(self, checkpoint: Path) -> None:
@@ -64,7 +64,7 @@ class FixedExamples:
             (:func:`~caopd.training.data.round_step_plan`).
     """
 
-    examples: list[Example]
+    examples: list[DistillExample]
     plan: list[list[np.ndarray]]
 
     @property
@@ -75,7 +75,7 @@ class FixedExamples:
     def n_examples(self) -> int:
         return len(self.examples)
 
-    def micro_batches(self, step: int) -> list[list[Example]]:
+    def micro_batches(self, step: int) -> list[list[DistillExample]]:
         return [[self.examples[int(i)] for i in indices] for indices in self.plan[step]]
 
     def save(self, checkpoint: Path) -> None:
@@ -94,7 +94,7 @@ def local_rows(micro_batches: Sequence[Sequence[Any]], rank: int, world_size: in
 
 
 def local_batches(
-    micro_batches: Sequence[Sequence[Example]],
+    micro_batches: Sequence[Sequence[DistillExample]],
     rank: int,
     world_size: int,
     skip_first_tokens: int,

@@ -22,11 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from caopd.training.data import Batch, Example
+from caopd.training.data import Batch, DistillExample
 from caopd.training.prefix import GroupedBatch, PlainInputs, SharedPrefixInputs, model_inputs
 
 Inputs = PlainInputs | SharedPrefixInputs
-Collate = Callable[[Sequence[Example], int, bool], Batch | GroupedBatch]
+Collate = Callable[[Sequence[DistillExample], int, bool], Batch | GroupedBatch]
 
 
 @torch.no_grad()
@@ -50,7 +50,7 @@ class TeacherStates:
 
     def precompute(
         self,
-        examples: Sequence[Example],
+        examples: Sequence[DistillExample],
         indices: Sequence[int],
         teacher: nn.Module,
         accelerator: Any,

@@ -9,9 +9,12 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from caopd.config import resolve
-from caopd.plan import COMPARE_CODE, INDEX_CODE, build_plan, code_fingerprint
+from caopd.hashing import code_fingerprint
+from caopd.memory_report import check_memory
+from caopd.plan import COMPARE_CODE, INDEX_CODE, build_plan
 
 RESOLVED = resolve(config)
+check_memory(RESOLVED["variants"])  # distill.gpu_memory_gb: a layout that cannot fit is refused here
 PLAN = build_plan(RESOLVED, root=workflow.basedir)
 VARIANTS = list(PLAN.variants)
 COMPARE_FINGERPRINT = code_fingerprint(COMPARE_CODE, workflow.basedir)
