@@ -138,7 +138,7 @@ def check(student, teacher, plain, grouped, kind: str) -> tuple[float, float]:
     """(relative loss difference, largest gradient difference relative to each tensor's max)."""
     import torch
 
-    from caopd.training.distill import StudentObjective
+    from caopd.training.objective import StudentObjective
     from caopd.training.prefix import model_inputs
     from caopd.training.teacher_states import teacher_hidden_states
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from caopd.training.data import collate
-    from caopd.training.distill import StudentObjective
+    from caopd.training.objective import StudentObjective
     from caopd.training.prefix import collate_groups, model_inputs
     from caopd.training.teacher_states import teacher_hidden_states
 

@@ -46,6 +46,17 @@ HARNESS_CODE: tuple[str, ...] = (
     "caopd/tracking.py",
 )
 
+#: Sampling from a model over a prepared split: the rollout engines, the model loader, the split
+#: reader, the Parquet writer, the confidence grammar and the tasks (their prompts).
+SAMPLING_CODE: tuple[str, ...] = (
+    "caopd/rollouts",
+    "caopd/models",
+    "caopd/data.py",
+    "caopd/parquet.py",
+    "caopd/confidence.py",
+    "caopd/tasks",
+)
+
 #: Source files (or directories of ``*.py``) each stage runs, relative to the repository root:
 #: the import closure of its workflow script (tests/test_stage_code.py derives it and checks it).
 #: Editing any of them changes that stage's key and so the keys of everything downstream.
@@ -66,12 +77,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "rollouts": (
         *HARNESS_CODE,
-        "caopd/rollouts",
-        "caopd/models",
-        "caopd/data.py",
-        "caopd/parquet.py",
-        "caopd/confidence.py",
-        "caopd/tasks",
+        *SAMPLING_CODE,
         "workflow/scripts/rollouts.py",
     ),
     "targets": (
@@ -89,12 +95,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/rewrite.py",
         "caopd/completion.py",
         "caopd/targets.py",
-        "caopd/rollouts",
-        "caopd/models",
-        "caopd/data.py",
-        "caopd/parquet.py",
-        "caopd/confidence.py",
-        "caopd/tasks",
+        *SAMPLING_CODE,
         "workflow/scripts/rewrite.py",
     ),
     # online rounds sample, verify and rewrite inside the job (caopd.training.online)
@@ -114,12 +115,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "eval_rollouts": (
         *HARNESS_CODE,
-        "caopd/rollouts",
-        "caopd/models",
-        "caopd/data.py",
-        "caopd/parquet.py",
-        "caopd/confidence.py",
-        "caopd/tasks",
+        *SAMPLING_CODE,
         "workflow/scripts/eval_rollouts.py",
     ),
     "evaluate": (

@@ -22,7 +22,8 @@ from caopd.training.data import (
     steps_in_round,
     total_optimizer_steps,
 )
-from caopd.training.distill import StudentObjective, run_distill, teacher_hidden_states
+from caopd.training.distill import run_distill, teacher_hidden_states
+from caopd.training.objective import StudentObjective
 from caopd.training.prefix import model_inputs
 from caopd.training.schedule import lr_factor, warmup_steps
 from caopd.training.divergence import token_divergence

@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from caopd.training.distill import StudentObjective
+from caopd.training.objective import StudentObjective
 from caopd.training.divergence import token_divergence
 from caopd.training.logit_transform import (
     IDENTITY,

@@ -17,7 +17,8 @@ import torch
 
 from caopd.rewrite import write_examples
 from caopd.training.data import DistillExample, collate, load_examples
-from caopd.training.distill import StudentObjective, run_distill
+from caopd.training.distill import run_distill
+from caopd.training.objective import StudentObjective
 from caopd.training.prefix import collate_groups, model_inputs
 from caopd.training.state import load_causal_lm
 from caopd.training.steps import prompt_groups, round_group_plan

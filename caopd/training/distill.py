@@ -49,12 +49,12 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from caopd.artifacts import CURVES_FILE, STATE_DIR
 from caopd.training.curves import write_curves
@@ -67,27 +67,20 @@ from caopd.training.data import (
     total_optimizer_steps,
 )
 from caopd.training.ema import EmaTeacher
-from caopd.training.logit_transform import LogitTransform, logit_transform_for
-from caopd.training.loss import LossStats, chunked_divergence_loss, normalise_by_tokens
+from caopd.training.loss import normalise_by_tokens
 from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
     STUDENT,
     TEACHER,
     TrainerState,
     copy_tokenizer,
-    latest_checkpoint,
     load_causal_lm,
-    load_training_state,
-    read_curves_json,
-    read_trainer_state,
     save_training_state,
     write_checkpoint,
     write_curves_json,
 )
 from caopd.training.prefix import (
     GroupedBatch,
-    PlainInputs,
-    SharedPrefixInputs,
     collate_groups,
     gather_positions,  # noqa: F401  (re-exported)
     model_inputs,
@@ -102,153 +95,11 @@ from caopd.training.steps import (
 )
 from caopd.training.teacher_states import TeacherStates, teacher_hidden_states  # noqa: F401
 
+from caopd.training.config import DistillConfig, check_round
+from caopd.training.objective import StudentObjective
+from caopd.training.resume import checkpoint_to_resume, restore_state, run_identity
+
 log = logging.getLogger(__name__)
-
-#: ``distill.schedule`` values: examples built by the round stages, or sampled inside the job.
-SCHEDULES = ("rounds", "online")
-#: ``distill.batching`` values: micro-batches of shuffled examples, each encoded whole
-#: (:func:`~caopd.training.data.collate`), or of whole prompt groups whose prompts are encoded
-#: once per group (:mod:`caopd.training.prefix`).
-BATCHINGS = ("examples", "prompt_groups")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """The ``distill`` config subtree (defaults live in the workflow's config schema)."""
-
-    rounds: int
-    schedule: str
-    refresh_every: int
-    window_mix: bool
-    divergence: str
-    jsd_beta: float
-    teacher: str
-    ema_weight: float
-    skip_first_tokens: int
-    lr: float
-    weight_decay: float
-    epochs: int
-    batch_size: int
-    grad_accum: int
-    warmup_ratio: float
-    max_grad_norm: float
-    chunk_size: int
-    checkpoint_every: int
-    batching: str = "examples"
-    kl_mix_lambda: float | None = None
-
-    @property
-    def divergence_param(self) -> float:
-        """What the divergence takes as ``beta``: ``kl_mix_lambda`` for kl_mix, else ``jsd_beta``."""
-        return self.kl_mix_lambda if self.divergence == "kl_mix" else self.jsd_beta
-
-    def __post_init__(self) -> None:
-        from caopd.training.divergence import get_divergence
-
-        get_divergence(self.divergence, self.divergence_param)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
-        if self.batching not in BATCHINGS:
-            raise ValueError(f"distill.batching={self.batching!r} must be one of {BATCHINGS}")
-        if self.teacher not in ("ema", "frozen"):
-            raise ValueError(f"distill.teacher={self.teacher!r} must be 'ema' or 'frozen'")
-        if not 0.0 < self.ema_weight <= 1.0:
-            raise ValueError(f"distill.ema_weight={self.ema_weight} must lie in (0, 1]")
-        if not 0.0 < self.lr:
-            raise ValueError(f"distill.lr={self.lr} must be positive")
-        if not 0.0 <= self.warmup_ratio <= 1.0:
-            raise ValueError(f"distill.warmup_ratio={self.warmup_ratio} must lie in [0, 1]")
-        if self.weight_decay < 0 or not self.max_grad_norm > 0:
-            raise ValueError("distill.weight_decay must be >= 0 and distill.max_grad_norm > 0")
-        for name in ("epochs", "batch_size", "grad_accum", "chunk_size", "checkpoint_every",
-                     "refresh_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")
-        if self.skip_first_tokens < 0:
-            raise ValueError(f"distill.skip_first_tokens={self.skip_first_tokens} must be >= 0")
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> DistillConfig:
-        names = [f.name for f in fields(cls)]
-        optional = {f.name for f in fields(cls) if f.default is not MISSING}
-        missing = [n for n in names if n not in params and n not in optional]
-        unknown = sorted(set(params) - set(names))
-        if missing or unknown:
-            raise ValueError(f"distill params: missing keys {missing}, unknown keys {unknown}")
-        return cls(**{n: params[n] for n in names if n in params})
-
-
-def check_round(params: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-    """``(round, schedule)`` from the stage params, checked against each other."""
-    r, schedule = params["round"], params["schedule"]
-    per_round = schedule["examples_per_round"]
-    if len(per_round) != schedule["rounds"] or not 1 <= r <= schedule["rounds"]:
-        raise ValueError(
-            f"round {r} of schedule {schedule}: needs 1 <= round <= rounds and one "
-            "examples_per_round entry per round"
-        )
-    if params["distill"]["rounds"] != schedule["rounds"]:
-        raise ValueError(
-            f"distill.rounds={params['distill']['rounds']} but the schedule has "
-            f"{schedule['rounds']} rounds"
-        )
-    return r, dict(schedule)
-
-
-class StudentObjective(nn.Module):
-    """The student plus the loss, so the LM head is used inside the (DDP-wrapped) forward.
-
-    ``forward`` returns ``(sum_loss, stats)`` of :func:`chunked_divergence_loss` for one batch,
-    with the final logit transform of the student's family (Gemma's soft-capping, Cohere's and
-    Granite's scaling; :mod:`caopd.training.logit_transform`) applied to both heads' logits: the
-    teacher is a copy of the student, of the same family.
-
-    Raises:
-        UnsupportedModelFamily: ``transform`` is None and the model's family is not known to
-            :func:`logit_transform_for` (at construction, before any training).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        kind: str,
-        beta: float,
-        chunk_size: int,
-        transform: LogitTransform | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.kind = kind
-        self.beta = beta
-        self.chunk_size = chunk_size
-        self.transform = logit_transform_for(model.config) if transform is None else transform
-
-    def forward(
-        self,
-        inputs: PlainInputs | SharedPrefixInputs,
-        teacher_hidden: Tensor,
-        teacher_head: Tensor,
-        teacher_bias: Tensor | None,
-        weights: Tensor,
-    ) -> tuple[Tensor, LossStats]:
-        """Shapes: ``inputs`` select N positions of the student; teacher_hidden Tensor[N, H_t];
-        teacher_head Tensor[V, H_t] (the teacher's LM-head weight), teacher_bias Tensor[V] or
-        None; weights Tensor[N]."""
-        head = self.model.get_output_embeddings()
-        return chunked_divergence_loss(
-            inputs.hidden(self.model.base_model),
-            teacher_hidden,
-            head.weight,
-            teacher_head,
-            weights,
-            self.kind,
-            self.beta,
-            self.chunk_size,
-            student_bias=head.bias,
-            teacher_bias=teacher_bias,
-            transform=self.transform,
-        )
-
 
 @dataclass
 class _Run:
@@ -273,18 +124,6 @@ class _Run:
     def student(self) -> nn.Module:
         """The student model itself (unwrapped from DDP and the objective)."""
         return self.accelerator.unwrap_model(self.objective).model
-
-
-def run_identity(params: Mapping[str, Any], seed: int, inputs: Mapping[str, Path]) -> dict[str, Any]:
-    """What a resume checkpoint must belong to: the params, the seed and the sha256 of the
-    files the round trains from (``inputs``: name -> file)."""
-    from caopd.hashing import sha256_file
-
-    return {
-        "params": json.loads(json.dumps(params, sort_keys=True)),
-        "seed": seed,
-        **{f"{name}_sha256": sha256_file(path) for name, path in sorted(inputs.items())},
-    }
 
 
 def make_accelerator():
@@ -312,39 +151,6 @@ def make_accelerator():
     return accelerator
 
 
-def _checkpoint_to_resume(work_dir: Path | None, identity: Mapping[str, Any]) -> Path | None:
-    """The newest checkpoint in ``work_dir``, checked to belong to this run."""
-    checkpoint = latest_checkpoint(work_dir)
-    if checkpoint is not None and read_trainer_state(checkpoint / STATE_DIR).run != identity:
-        raise ValueError(
-            f"{checkpoint} is a checkpoint of another run (params, seed or inputs differ); "
-            f"delete {work_dir} to start afresh"
-        )
-    return checkpoint
-
-
-def _restore_state(
-    progress: TrainerState, checkpoint: Path | None, state_dir: Path | None, optimizer, scheduler
-) -> tuple[TrainerState, list[dict[str, Any]]]:
-    """Load optimizer/scheduler/RNG from a checkpoint or the previous round; (progress, rows)."""
-    if checkpoint is not None:
-        saved = load_training_state(checkpoint / STATE_DIR, optimizer, scheduler)
-        log.info("resuming from %s (global step %d)", checkpoint, saved.global_step)
-        progress = replace(progress, global_step=saved.global_step, step_in_round=saved.step_in_round)
-        return progress, read_curves_json(checkpoint / STATE_DIR)
-    if state_dir is not None:
-        previous = load_training_state(state_dir, optimizer, scheduler)
-        r = progress.round
-        if previous.rounds_done != r - 1 or previous.step_in_round != previous.steps_in_round:
-            raise ValueError(
-                f"{state_dir}: holds the state after {previous.rounds_done} round(s); round {r} "
-                f"needs the state after round {r - 1}"
-            )
-        progress = replace(progress, global_step=previous.global_step)
-    return progress, []
-
-
-#: Builds a round's step source once the accelerator and the (unwrapped) student exist.
 SourceFactory = Callable[[Any, nn.Module], StepSource]
 
 
@@ -372,7 +178,7 @@ def _setup(
         )
     accelerator = make_accelerator()
     set_seed(seed)
-    checkpoint = _checkpoint_to_resume(work_dir, identity)
+    checkpoint = checkpoint_to_resume(work_dir, identity)
     if checkpoint is not None:
         student_dir, teacher_dir = checkpoint / STUDENT, checkpoint / TEACHER
 
@@ -395,7 +201,7 @@ def _setup(
         world_size=accelerator.num_processes,
         run=dict(identity),
     )
-    progress, rows = _restore_state(start, checkpoint, state_dir, optimizer, scheduler)
+    progress, rows = restore_state(start, checkpoint, state_dir, optimizer, scheduler)
     source.restore(checkpoint, progress.step_in_round)
     teacher_states = TeacherStates()
     if cfg.teacher == "frozen" and cfg.epochs > 1 and isinstance(source, FixedExamples):

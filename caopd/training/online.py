@@ -383,7 +383,9 @@ def run_online_distill(
     from transformers import AutoTokenizer
 
     from caopd.data import read_split
-    from caopd.training.distill import DistillConfig, _setup, run_identity, train_round
+    from caopd.training.config import DistillConfig
+    from caopd.training.distill import _setup, train_round
+    from caopd.training.resume import run_identity
 
     started = time.perf_counter()
     torch.set_num_threads(max(1, threads))

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from caopd.training.distill import DistillConfig
+    from caopd.training.config import DistillConfig
 
 #: AdamW moments as in the reference trainer (TRL / HF ``adamw_torch`` defaults).
 ADAM_BETAS = (0.9, 0.999)
