@@ -121,6 +121,12 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             f"{where}: key 'model.tiny.num_heads' ({tiny['num_heads']}) must be a multiple of "
             f"'model.tiny.num_kv_heads' ({tiny['num_kv_heads']})"
         )
+    if "distill" in cfg and "model" in cfg:  # issue 15: sharding / LoRA / checkpointing
+        from caopd.training.layout import layout_problem
+
+        problem = layout_problem(cfg)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     ev = cfg.get("evaluation", {})
     if ev and ev["greedy"] and ev["n_samples"] != 1:
         raise ConfigError(
