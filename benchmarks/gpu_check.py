@@ -8,13 +8,15 @@ Builds locally a random-init model of Qwen3-0.6B's shape (28 layers, hidden 1,02
 nothing is downloaded), writes a config for it and runs the workflow's own DAG with Snakemake:
 
 - ``rollouts``: vLLM, K = 8 samples of 64 arith prompts, 256 new tokens;
-- ``distill``: one round, bf16 autocast, ``distill.sharding: fsdp2`` with gradient checkpointing,
-  declared ``distill.gpu_memory_gb`` (so the planner checks the layout at load);
+- ``distill``: one round, bf16 autocast, gradient checkpointing, declared
+  ``distill.gpu_memory_gb`` (so the planner checks the layout at load); one process, unsharded
+  (FSDP2 needs 2 processes, and two NCCL ranks cannot share one GPU: the sharded path is tested
+  with 2 gloo processes on CPU, ``tests/test_distill_fsdp.py``);
 - ``eval_rollouts``: vLLM, greedy, 256 questions; ``evaluate``: the calibration metrics.
 
 Prints, per part, PASS/FAIL, tokens/s (rollouts, evaluation), optimizer steps/s and the distill
 job's peak allocated GPU memory beside :mod:`caopd.memory`'s estimate for the same layout.
-``--cpu`` runs the same DAG with the hf engine, no sharding, fp32 and a 2-layer model of the same
+``--cpu`` runs the same DAG with the hf engine, fp32, no checkpointing and a 2-layer model of the same
 family: what a machine without a GPU can check of this script. Exit status 0 when every part
 passes.
 """
@@ -68,7 +70,7 @@ def check_config(model: Path, cpu: bool) -> dict:
         "rewrite": {"max_prompt_length": 256, "max_teacher_prompt_length": 512,
                     "max_completion_length": 40 if cpu else 264},
         "distill": {"rounds": 1, "teacher": "ema", "epochs": 1, "batch_size": 8, "grad_accum": 4, "lr": 2.0e-5,
-                    "processes": 1, "sharding": "none" if cpu else "fsdp2", "gradient_checkpointing": not cpu,
+                    "processes": 1, "sharding": "none", "gradient_checkpointing": not cpu,
                     "gpu_memory_gb": None if cpu else 130},
         "evaluation": {"engine": engine, "greedy": True, "expected_confidence": False,
                        "max_new_tokens": 32 if cpu else 256, "batch_size": 256, "bootstrap": 100},

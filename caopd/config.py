@@ -121,6 +121,10 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
             f"{where}: key 'model.tiny.num_heads' ({tiny['num_heads']}) must be a multiple of "
             f"'model.tiny.num_kv_heads' ({tiny['num_kv_heads']})"
         )
+    if "distill" in cfg and "model" in cfg:  # issue 15: sharding / LoRA / checkpointing
+        problem = layout_problem(cfg)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     ev = cfg.get("evaluation", {})
     if ev and ev["greedy"] and ev["n_samples"] != 1:
         raise ConfigError(
@@ -192,6 +196,27 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
                 f"{where}: key 'task.sizes.train' ({task['sizes']['train']}) is smaller than "
                 f"'distill.rounds' ({distill['rounds']}): every round needs at least one prompt"
             )
+
+
+def layout_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why a resolved variant's sharding / LoRA / checkpointing cannot run, or None."""
+    distill, lora = cfg["distill"], cfg["model"].get("lora")
+    fsdp = distill.get("sharding", "none") == "fsdp2"
+    if fsdp and distill["processes"] < 2:
+        return "key 'distill.sharding' is fsdp2 with 'distill.processes' 1: sharding needs >= 2 processes"
+    if fsdp and distill["schedule"] == "online":
+        return ("key 'distill.sharding' is fsdp2 with 'distill.schedule' online: online rounds sample "
+                "from the student in the main process alone; use sharding: none (DDP)")
+    if fsdp and lora is not None:
+        return ("keys 'distill.sharding' fsdp2 and 'model.lora' together: LoRA runs unsharded (the "
+                "frozen base in bf16/fp32 fits one GPU; use distill.processes for data parallelism)")
+    if lora is not None and distill["rounds"] > 1:
+        return (f"key 'model.lora' with 'distill.rounds' {distill['rounds']}: LoRA trains one round "
+                "(its teacher shares the round's base weights)")
+    if distill.get("gradient_checkpointing") and distill["batching"] == "prompt_groups":
+        return ("key 'distill.gradient_checkpointing' with 'distill.batching' prompt_groups: the shared "
+                "prompt prefixes need the KV cache, which gradient checkpointing turns off")
+    return None
 
 
 def check_sources(cfg: Mapping[str, Any], where: str) -> None:

@@ -147,7 +147,7 @@ def advice(shape: ModelShape, layout: Layout, gpu_memory_gb: float) -> list[str]
                       _replace(layout, processes=gpus, sharded=True,
                                micro_batch=math.ceil(layout.micro_batch * layout.processes / gpus))))
     if not layout.lora:
-        tries.append(("train LoRA adapters (model.lora: {r: 64, alpha: 128})", _replace(layout, lora=True)))
+        tries.append(("train LoRA adapters (model.lora, e.g. r: 64, alpha: 128)", _replace(layout, lora=True)))
     if not layout.gradient_checkpointing:
         tries.append(("turn on distill.gradient_checkpointing", _replace(layout, gradient_checkpointing=True)))
     if layout.seq_len > 1024:

@@ -27,6 +27,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     distill: dict[str, Any] = {}
     if args.processes is not None:
         distill["processes"] = args.processes
+        if args.processes == 1:
+            distill["sharding"] = "none"  # nothing to shard over
     if args.gpu_memory_gb is not None:
         distill["gpu_memory_gb"] = args.gpu_memory_gb
     out: dict[str, Any] = {"distill": distill} if distill else {}
@@ -116,7 +118,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("memory", help="per-GPU memory estimate of a config's distill jobs",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configfile", required=True, help="a whole config file (YAML)")
-    parser.add_argument("--processes", type=int, help="override distill.processes")
+    parser.add_argument("--processes", type=int, help="override distill.processes (1: also sharding none)")
     parser.add_argument("--gpu-memory-gb", type=float, help="override distill.gpu_memory_gb (GiB per GPU)")
     parser.add_argument("--model", help="override model.source (a local model directory or hub id)")
     parser.set_defaults(handler=run)

@@ -253,6 +253,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
     root = Path(root)
     launch = {stage: stage_launch(stage, cfg, root) for stage in ("rollouts", "distill", "eval_rollouts")}
     distill_params = distill_key_params(cfg["distill"])
+    lora = {"lora": cfg["model"]["lora"]} if cfg["model"].get("lora") is not None else {}  # issue 15
     task = dict(cfg["task"])
     task["sources"] = {split: dataset_fingerprint(p) for split, p in task["paths"].items() if p}
     data = _spec("prepare_data", None, {"seed": cfg["seed"], "task": task}, root)
@@ -288,6 +289,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
                 {
                     "distill": distill_params, "round": r, "schedule": schedule, "slice": [start, stop],
                     "rollouts": cfg["rollouts"], "rewrite": cfg["rewrite"], "task": cfg["task"]["name"],
+                    **lora,
                 },
                 root,
                 launch["distill"],
@@ -320,7 +322,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         distill = _spec(
             "distill",
             r,
-            {"distill": distill_params, "round": r, "schedule": schedule},
+            {"distill": distill_params, "round": r, "schedule": schedule, **lora},
             root,
             launch["distill"],
             examples=rewrite,
@@ -382,7 +384,8 @@ def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> P
                 raise ValueError(
                     f"variants '{owner[(spec.stage, spec.key)]}' and '{name}' share the artifact "
                     f"{spec.path} but lay its job out differently ({known.launch} vs {spec.launch}); "
-                    "give them the same distill.processes and distill.accelerate_config"
+                    "give them the same distill.processes, accelerate_config, sharding and "
+                    "gradient_checkpointing"
                 )
     return Plan(variants=variants, by_key=by_key)
 

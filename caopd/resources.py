@@ -24,6 +24,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Keys of the ``distill`` block that lay a job out on its allocation; not part of the key.
+#: ``sharding`` and ``gradient_checkpointing`` (issue 15) change where numbers live, not the
+#: numbers; the job adds them to its params (:func:`caopd.training.layout.with_runtime`).
 LAUNCH_KEYS = ("processes", "accelerate_config", "sharding", "gradient_checkpointing", "gpu_memory_gb")
 #: CPU threads a distill job asks for per process (the rule's ``threads``).
 THREADS_PER_PROCESS = 8
@@ -101,7 +103,8 @@ def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) ->
 
     Returns:
         ``{}`` for CPU stages; ``{"gpus": n}`` for rollouts and eval_rollouts; for distill also
-        ``processes``, ``threads`` and ``accelerate_config`` (as configured).
+        ``processes``, ``threads``, ``accelerate_config``, ``sharding`` and
+        ``gradient_checkpointing`` (0/1) (as configured).
     """
     if stage == "rollouts":
         rollouts = cfg["rollouts"]
@@ -117,5 +120,7 @@ def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) ->
             "processes": processes,
             "threads": distill_threads(processes),
             "accelerate_config": distill["accelerate_config"],
+            "sharding": distill["sharding"],
+            "gradient_checkpointing": int(distill["gradient_checkpointing"]),
         }
     return {}

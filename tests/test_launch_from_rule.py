@@ -86,7 +86,7 @@ def test_variants_sharing_a_distill_artifact_must_share_its_layout():
     ("distill", "needle"),
     [
         ({"accelerate_config": "config/accelerate/nope.yaml"}, "nope.yaml does not exist"),
-        ({"accelerate_config": "config/accelerate/fsdp.yaml"}, "distributed_type FSDP"),
+        ({"accelerate_config": str(ROOT / "tests" / "data" / "accelerate_fsdp1.yaml")}, "distributed_type FSDP"),
         ({"processes": 0}, "'distill.processes'"),
     ],
 )

@@ -39,6 +39,9 @@ class DistillConfig:
     checkpoint_every: int
     batching: str = "examples"
     kl_mix_lambda: float | None = None
+    # issue 15: job resources added to the params (caopd.training.layout.with_runtime), not the key
+    sharding: str = "none"
+    gradient_checkpointing: bool = False
 
     @property
     def divergence_param(self) -> float:
@@ -53,6 +56,10 @@ class DistillConfig:
             raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.batching not in BATCHINGS:
             raise ValueError(f"distill.batching={self.batching!r} must be one of {BATCHINGS}")
+        from caopd.training.layout import SHARDINGS  # issue 15
+
+        if self.sharding not in SHARDINGS:
+            raise ValueError(f"distill.sharding={self.sharding!r} must be one of {SHARDINGS}")
         if self.teacher not in ("ema", "frozen"):
             raise ValueError(f"distill.teacher={self.teacher!r} must be 'ema' or 'frozen'")
         if not 0.0 < self.ema_weight <= 1.0:

@@ -35,10 +35,9 @@ place, and accelerate's ``even_batches`` would repeat examples to even out the l
 Checkpoints every ``checkpoint_every`` optimizer steps go to ``work_dir`` and a rerun resumes
 from the newest (:mod:`caopd.training.state`); on CPU the resumed run ends byte-identical to an
 uninterrupted one. Supported and tested: one process and CPU DDP (gloo). GPU DDP runs the same
-code. FSDP and DeepSpeed are refused for now: the EMA teacher, ``save_pretrained`` of the
-student and the optimizer checkpoints all assume that every process holds the whole unsharded
-student and optimizer state (sharded versions need ``accelerator.get_state_dict`` / ``save_state``
-and an EMA over parameter shards).
+code. Sharding (``distill.sharding: fsdp2``, torch FSDP2 under a MULTI_GPU launch), LoRA
+(``model.lora``) and gradient checkpointing go through the hooks marked "issue 15", which call
+:class:`caopd.training.layout.Layout`; accelerate's own FSDP and DeepSpeed setups are refused.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ from caopd.training.data import (
     total_optimizer_steps,
 )
 from caopd.training.ema import EmaTeacher
+from caopd.training.layout import FullOptimizerState, Layout
 from caopd.training.loss import normalise_by_tokens
 from caopd.training.schedule import build_optimizer, build_scheduler
 from caopd.training.state import (
@@ -119,6 +119,7 @@ class _Run:
     progress: TrainerState
     rows: list[dict[str, Any]]
     resumed_from: int | None
+    layout: Any = None  # issue 15: caopd.training.layout.Layout (sharding, LoRA, checkpointing)
 
     @property
     def student(self) -> nn.Module:
@@ -144,9 +145,9 @@ def make_accelerator():
     )
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         raise NotImplementedError(
-            f"distill does not support {accelerator.distributed_type.value} yet: the EMA teacher, "
-            "the saved models and the optimizer checkpoints assume every process holds the "
-            "whole unsharded student and optimizer; use config/accelerate/ddp.yaml"
+            f"distill runs no accelerate {accelerator.distributed_type.value} setup: it shards with "
+            "torch FSDP2 itself (distill.sharding: fsdp2) under a MULTI_GPU launch, "
+            "config/accelerate/fsdp.yaml on GPUs or cpu_ddp.yaml on CPU"
         )
     return accelerator
 
@@ -178,18 +179,23 @@ def _setup(
         )
     accelerator = make_accelerator()
     set_seed(seed)
+    layout = Layout(params, accelerator)  # issue 15: sharding, LoRA, gradient checkpointing
     checkpoint = checkpoint_to_resume(work_dir, identity)
-    if checkpoint is not None:
+    if checkpoint is not None and not layout.owns_checkpoints:
         student_dir, teacher_dir = checkpoint / STUDENT, checkpoint / TEACHER
 
-    student = load_causal_lm(student_dir).train()
-    teacher = load_causal_lm(teacher_dir if teacher_dir is not None else student_dir)
-    teacher.eval().requires_grad_(False)
+    if layout.active:  # issue 15
+        student, teacher = layout.load_models(student_dir, teacher_dir, checkpoint)
+    else:
+        student = load_causal_lm(student_dir).train()
+        teacher = load_causal_lm(teacher_dir if teacher_dir is not None else student_dir)
+        teacher.eval().requires_grad_(False)
     optimizer = build_optimizer(student, cfg)
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio)
-    teacher.to(accelerator.device)
+    if layout.lora is None:  # issue 15: a LoRA teacher is the student's own modules
+        teacher.to(accelerator.device)
     objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size)
-    prepared = accelerator.prepare(objective, optimizer, scheduler)
+    prepared = layout.prepare(objective, optimizer, scheduler)  # issue 15: accelerator.prepare
     source = make_source(accelerator, accelerator.unwrap_model(prepared[0]).model)
     start = TrainerState(
         global_step=0,
@@ -201,10 +207,12 @@ def _setup(
         world_size=accelerator.num_processes,
         run=dict(identity),
     )
-    progress, rows = restore_state(start, checkpoint, state_dir, optimizer, scheduler)
+    progress, rows = layout.restore(start, checkpoint, state_dir, optimizer, scheduler)  # issue 15
     source.restore(checkpoint, progress.step_in_round)
     teacher_states = TeacherStates()
-    if cfg.teacher == "frozen" and cfg.epochs > 1 and isinstance(source, FixedExamples):
+    # issue 15: sharded, every process must run as many teacher forwards: no per-process cache
+    if (cfg.teacher == "frozen" and cfg.epochs > 1 and isinstance(source, FixedExamples)
+            and not layout.sharded):
         indices = [k for step in range(source.n_steps) for keys in _step_keys(source, step, accelerator)
                    for k in keys]
         teacher_states.precompute(
@@ -217,7 +225,8 @@ def _setup(
         source=source,
         objective=prepared[0],
         teacher=teacher,
-        ema=EmaTeacher(teacher) if cfg.teacher == "ema" else None,
+        ema=(layout.make_ema(teacher) if layout.active else EmaTeacher(teacher))  # issue 15
+        if cfg.teacher == "ema" else None,
         teacher_states=teacher_states,
         optimizer=prepared[1],
         scheduler=prepared[2],
@@ -226,6 +235,7 @@ def _setup(
         progress=progress,
         rows=rows,
         resumed_from=progress.global_step if checkpoint is not None else None,
+        layout=layout,
     )
 
 
@@ -256,6 +266,11 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
     local_tokens = torch.tensor(float(sum(b.n_loss_tokens for b in batches)), device=acc.device)
     n_tokens = acc.reduce(local_tokens, reduction="sum")
     teacher_head = run.teacher.get_output_embeddings()
+    head_weight, head_bias = teacher_head.weight, teacher_head.bias
+    if run.layout is not None and run.layout.sharded:  # issue 15: gather the sharded head
+        from caopd.training.sharding import head_weights
+
+        head_weight, head_bias = head_weights(run.teacher)
     # Σ divergence, Σ weight, Σ entropy, positions, Σ p_acc, examples, examples with confidence
     sums = torch.zeros(7, dtype=torch.float64, device=acc.device)
     for i, batch in enumerate(batches):
@@ -267,8 +282,8 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
             sum_loss, stats = run.objective(
                 student_inputs,
                 t_hidden,
-                teacher_head.weight,
-                teacher_head.bias,
+                head_weight,
+                head_bias,
                 batch.weights,
             )
             acc.backward(normalise_by_tokens(sum_loss, n_tokens, acc.num_processes))
@@ -285,6 +300,10 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
             ]
         )
     grad_norm = acc.clip_grad_norm_(run.objective.parameters(), cfg.max_grad_norm)
+    if run.layout is not None and run.layout.sharded:  # issue 15: a replicated DTensor
+        from caopd.training.sharding import local_value
+
+        grad_norm = local_value(grad_norm)
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -308,6 +327,9 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
 
 def _write_models(run: _Run, directory: Path) -> None:
     """``student/`` and ``teacher/`` (the teacher module mirrors the fp32 shadow exactly)."""
+    if run.layout is not None and run.layout.lora is not None:  # issue 15: adapters only
+        run.layout.write_lora_checkpoint(directory)
+        return
     run.student.save_pretrained(directory / STUDENT)
     run.teacher.save_pretrained(directory / TEACHER)
 
@@ -350,7 +372,10 @@ def train_round(
             log.info("step %d: %s", row["step"], row)
         done = step_in_round + 1
         if work_dir is not None and done % cfg.checkpoint_every == 0 and done < n_steps:
-            if acc.is_main_process:
+            if run.layout is not None and run.layout.sharded:  # issue 15: every process writes
+                run.layout.write_checkpoint(run, work_dir, row["step"],
+                                            lambda d: run.layout.checkpoint_rest(run, d))
+            elif acc.is_main_process:
                 write_checkpoint(work_dir, row["step"], lambda d: _write_checkpoint(run, d))
             acc.wait_for_everyone()
         if on_step is not None:
@@ -358,12 +383,17 @@ def train_round(
 
     run.progress = replace(run.progress, rounds_done=run.progress.round)
     extra: dict[str, Any] = {}
+    gathered = run.layout.gather(run) if run.layout is not None else None  # issue 15: collective
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_models(run, out)
+        if run.layout is not None and run.layout.owns_checkpoints:  # issue 15
+            run.layout.write_outputs(out, gathered)
+        else:
+            _write_models(run, out)
         for sub in (STUDENT, TEACHER):
             copy_tokenizer(student_dir, out / sub)
-        save_training_state(out / STATE_DIR, run.raw_optimizer, run.raw_scheduler, run.progress)
+        optimizer = run.raw_optimizer if gathered is None else FullOptimizerState(gathered["optimizer"])
+        save_training_state(out / STATE_DIR, optimizer, run.raw_scheduler, run.progress)
         write_curves(out / CURVES_FILE, run.rows)
         extra = run.source.publish(out)
         if tracker is not None:

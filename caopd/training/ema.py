@@ -13,12 +13,22 @@ module, whatever the student's dtype, and the update runs in float32 under ``no_
 
 Only parameters are averaged (``named_parameters()``, tied weights once); buffers are left alone.
 Initialise from the fp32 master weights where there are any, so the shadow starts exact.
+
+Sharded (FSDP2, :mod:`caopd.training.sharding`) parameters are DTensors; the shadow then holds
+each process's local shard and every update runs on local tensors (:func:`_local`), student and
+teacher being sharded alike.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """A sharded (DTensor) parameter's local shard; any other tensor itself (issue 15)."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
 
 
 def _check_weight(weight: float) -> None:
@@ -42,7 +52,7 @@ class EmaTeacher:
     def __init__(self, module: nn.Module, device: torch.device | str | None = None) -> None:
         with torch.no_grad():
             self._shadow: dict[str, Tensor] = {
-                name: param.detach().to(
+                name: _local(param).detach().to(
                     device=param.device if device is None else device,
                     dtype=torch.float32,
                     copy=True,
@@ -68,7 +78,7 @@ class EmaTeacher:
         pairs = []
         for name, shadow in self._shadow.items():
             param = params[name]
-            if param.shape != shadow.shape:
+            if _local(param).shape != shadow.shape:
                 raise ValueError(
                     f"{role} parameter {name!r} has shape {tuple(param.shape)}, "
                     f"the EMA shadow {tuple(shadow.shape)}"
@@ -88,7 +98,7 @@ class EmaTeacher:
         _check_weight(weight)
         with torch.no_grad():
             for shadow, param in self._matched(student, "student"):
-                source = param.detach().to(device=shadow.device, dtype=torch.float32)
+                source = _local(param).detach().to(device=shadow.device, dtype=torch.float32)
                 shadow.lerp_(source, float(weight))
 
     def copy_to(self, module: nn.Module) -> None:
@@ -99,7 +109,7 @@ class EmaTeacher:
         """
         with torch.no_grad():
             for shadow, param in self._matched(module, "teacher"):
-                param.copy_(shadow)
+                _local(param).copy_(shadow)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The shadow as a flat ``{name: float32 tensor}`` dict of detached copies.

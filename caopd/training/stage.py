@@ -49,7 +49,10 @@ def distill_arguments(job: Any) -> dict[str, Any]:
     return arguments
 
 
-def run_distill_stage(job: Any, *, processes: int, accelerate_config: Path, root: Path) -> dict[str, Any]:
+def run_distill_stage(
+    job: Any, *, processes: int, accelerate_config: Path, root: Path, sharding: str = "none",
+    gradient_checkpointing: bool = False,
+) -> dict[str, Any]:
     """Train the job's round in ``processes`` processes; log its curves; return the summary.
 
     Args:
@@ -57,16 +60,21 @@ def run_distill_stage(job: Any, *, processes: int, accelerate_config: Path, root
         processes: ``distill.processes`` of the job (its resource).
         accelerate_config: the accelerate config file (used when ``processes`` > 1).
         root: the checkout (the launched processes import its ``caopd``).
+        sharding, gradient_checkpointing: ``distill.sharding`` / ``gradient_checkpointing`` of the
+            job (resources, added to the params the processes run: :mod:`caopd.training.layout`).
     """
     from caopd.resources import process_threads
     from caopd.training.launch import launch_distill, run_job
 
+    from caopd.training.layout import with_runtime
+
     arguments = distill_arguments(job)
+    params = with_runtime(job.params, sharding=sharding, gradient_checkpointing=gradient_checkpointing)
     if processes == 1:
-        summary = run_job({"params": job.params, "threads": job.threads, **arguments})
+        summary = run_job({"params": params, "threads": job.threads, **arguments})
     else:
         summary = launch_distill(
-            job.params, arguments, processes=processes, accelerate_config=accelerate_config,
+            params, arguments, processes=processes, accelerate_config=accelerate_config,
             threads_per_process=process_threads(job.threads, processes), root=root, log=sys.stderr,
         )
     job.log_curves(read_curves(Path(job.out) / CURVES_FILE))

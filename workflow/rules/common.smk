@@ -103,3 +103,11 @@ def get_distill_processes(wildcards):
 
 def get_distill_accelerate_config(wildcards):
     return PLAN.spec("distill", wildcards.key).launch["accelerate_config"]
+
+
+def get_distill_sharding(wildcards):
+    return PLAN.spec("distill", wildcards.key).launch["sharding"]
+
+
+def get_distill_gradient_checkpointing(wildcards):
+    return PLAN.spec("distill", wildcards.key).launch["gradient_checkpointing"]

@@ -2,7 +2,8 @@
 # teacher; optimizer, scheduler and teacher carried across rounds. Resumable from
 # results/.work/distill/<key>/ when a job is killed midway. With distill.processes: N > 1 the job
 # starts `accelerate launch` of N processes (DESIGN §10): it asks for N GPUs (none with a use_cpu
-# accelerate config) and 8 threads per process; these are resources, not params or key.
+# accelerate config) and 8 threads per process; these are resources, not params or key, as are
+# distill.sharding (fsdp2) and distill.gradient_checkpointing (the job adds them to its params).
 
 
 rule distill:
@@ -18,6 +19,8 @@ rule distill:
         gpu=stage_gpus("distill"),
         processes=get_distill_processes,
         accelerate_config=get_distill_accelerate_config,
+        sharding=get_distill_sharding,
+        gradient_checkpointing=get_distill_gradient_checkpointing,
     log:
         "logs/distill/{key}.log",
     benchmark:

@@ -17,5 +17,7 @@ with stage_job(snakemake) as job:  # noqa: F821
         job,
         processes=snakemake.resources.processes,  # noqa: F821 - a resource: the layout reruns nothing
         accelerate_config=accelerate_path(snakemake.resources.accelerate_config, root),  # noqa: F821
+        sharding=snakemake.resources.sharding,  # noqa: F821 - issue 15: resources, not key
+        gradient_checkpointing=bool(snakemake.resources.gradient_checkpointing),  # noqa: F821
         root=root,
     ))
