@@ -150,8 +150,11 @@ def test_two_sharded_processes_launched_by_the_rule_match_one_process(tmp_path) 
     two = pq.read_table(launched / "curves.parquet").to_pylist()
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
     for a, b in zip(two, one):
-        for name in ("loss", "divergence", "entropy", "grad_norm"):
-            assert a[name] == pytest.approx(b[name], rel=_tolerance(a["step"], name), abs=1e-12), (a["step"], name)
+        # the rule's tiny run has divergences of ~4e-6 (a difference of nearly equal terms): the
+        # DDP rule test's tolerances, 1e-4 relative or 1e-9 absolute (measured 4e-10 at step 1)
+        for name in ("loss", "divergence", "entropy"):
+            assert a[name] == pytest.approx(b[name], rel=1e-4, abs=1e-9), (a["step"], name)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), a["step"]
     weights_two, weights_one = (load_file(d / "student" / "model.safetensors") for d in (launched, artifact))
     for name in weights_one:
         torch.testing.assert_close(weights_two[name], weights_one[name], atol=1e-4, rtol=1e-4)
