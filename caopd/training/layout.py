@@ -137,13 +137,14 @@ class Layout:
 
     def restore(self, start: Any, checkpoint: Path | None, state_dir: Path | None, optimizer: Any,
                 scheduler: Any) -> tuple[Any, list[dict[str, Any]]]:
-        """``(progress, rows)`` as :func:`caopd.training.distill._restore_state`, for this layout:
+        """``(progress, rows)`` as :func:`caopd.training.resume.restore_state`, for this layout:
         a sharded checkpoint loads its shards; a previous round's unsharded optimizer state is
         loaded into the sharded optimizer."""
         from dataclasses import replace
 
-        from caopd.training.distill import _restore_state
-        from caopd.training.state import STATE, read_curves_json, read_trainer_state, restore_rng
+        from caopd.artifacts import STATE_DIR as STATE
+        from caopd.training.resume import restore_state as _restore_state
+        from caopd.training.state import read_curves_json, read_trainer_state, restore_rng
 
         if not self.sharded:
             return _restore_state(start, checkpoint, state_dir, optimizer, scheduler)
@@ -183,7 +184,8 @@ class Layout:
         import torch
 
         from caopd.training.sharding import SHARDED, save_sharded
-        from caopd.training.state import STATE, capture_rng, write_checkpoint
+        from caopd.artifacts import STATE_DIR as STATE
+        from caopd.training.state import capture_rng, write_checkpoint
 
         acc = self.accelerator
         staging = Path(work_dir) / f".staging-{step:08d}"
@@ -210,7 +212,8 @@ class Layout:
         import torch
 
         from caopd.store import write_json
-        from caopd.training.state import STATE, TRAINER_STATE, write_curves_json
+        from caopd.artifacts import STATE_DIR as STATE
+        from caopd.training.state import TRAINER_STATE, write_curves_json
 
         from dataclasses import asdict
 
