@@ -97,7 +97,7 @@ from caopd.training.teacher_states import TeacherStates, teacher_hidden_states  
 
 from caopd.training.config import DistillConfig, check_round
 from caopd.training.objective import StudentObjective
-from caopd.training.resume import checkpoint_to_resume, restore_state, run_identity
+from caopd.training.resume import checkpoint_to_resume, run_identity
 
 log = logging.getLogger(__name__)
 
