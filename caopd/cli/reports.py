@@ -14,9 +14,16 @@ from pathlib import Path
 DEFAULT_INDEX = Path("results/index")
 
 
-def _index_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("index_dir", nargs="?", type=Path, default=DEFAULT_INDEX,
-                        help=f"the run's variant indexes (default {DEFAULT_INDEX})")
+def _subparser(subparsers: argparse._SubParsersAction, name: str, handler, *, help: str, description: str,
+               reads_index: bool = True) -> argparse.ArgumentParser:
+    """Register ``caopd <name>`` running ``handler``; ``reads_index``: its first argument is the
+    run's index directory."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    if reads_index:
+        parser.add_argument("index_dir", nargs="?", type=Path, default=DEFAULT_INDEX,
+                            help=f"the run's variant indexes (default {DEFAULT_INDEX})")
+    return parser
 
 
 def _role_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +48,13 @@ def _run_checks(args: argparse.Namespace) -> int:
 
 
 def add_checks(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "checks", help="the paper's five checks on a finished run (exit status 0 when all hold)",
+    parser = _subparser(
+        subparsers, "checks", _run_checks,
+        help="the paper's five checks on a finished run (exit status 0 when all hold)",
         description="The paper's finding as five checks on the evaluations of the base, sdft and caopd "
                     "variants, read through the run's index (caopd.checks).",
     )
-    _index_argument(parser)
     _role_arguments(parser)
-    parser.set_defaults(handler=_run_checks)
 
 
 def _run_greedy_reading(args: argparse.Namespace) -> int:
@@ -59,15 +65,14 @@ def _run_greedy_reading(args: argparse.Namespace) -> int:
 
 
 def add_greedy_reading(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "greedy-reading", help="arith: what greedy decoding reads from each level's training targets",
+    parser = _subparser(
+        subparsers, "greedy-reading", _run_greedy_reading,
+        help="arith: what greedy decoding reads from each level's training targets",
         description="The ideal level-conditional student of an arith run, read greedily, beside the "
                     "variant's decoded metrics (caopd.diagnostics.arith_greedy_reading).",
     )
-    _index_argument(parser)
     parser.add_argument("--variant", default="caopd", help="the CaOPD variant whose targets and answers to read")
     parser.add_argument("--sdft", default="sdft", help="the variant whose ECE and SPR set the thresholds")
-    parser.set_defaults(handler=_run_greedy_reading)
 
 
 def _run_work_agreement(args: argparse.Namespace) -> int:
@@ -78,14 +83,13 @@ def _run_work_agreement(args: argparse.Namespace) -> int:
 
 
 def add_work_agreement(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "work-agreement", help="arith: does each variant's answer follow its own work line",
+    parser = _subparser(
+        subparsers, "work-agreement", _run_work_agreement,
+        help="arith: does each variant's answer follow its own work line",
         description="Split arith answers into value right, lookup right and letter follows the work "
                     "(caopd.diagnostics.arith_work_agreement).",
     )
-    _index_argument(parser)
     parser.add_argument("--variants", nargs="*", help="default: every variant in the index")
-    parser.set_defaults(handler=_run_work_agreement)
 
 
 def _run_seed_study(args: argparse.Namespace) -> int:
@@ -98,8 +102,9 @@ def _run_seed_study(args: argparse.Namespace) -> int:
 
 
 def add_seed_study(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "seed-study", help="the whole pipeline at several seeds and the paper's checks across them",
+    parser = _subparser(
+        subparsers, "seed-study", _run_seed_study, reads_index=False,
+        help="the whole pipeline at several seeds and the paper's checks across them",
         description="Run the pipeline at each seed in OUT/seed-<s>/ and write per_seed.tsv, summary.tsv, "
                     "checks.txt and seed_study.png (caopd.diagnostics.seed_study).",
     )
@@ -110,4 +115,3 @@ def add_seed_study(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--aggregate-only", action="store_true", help="only read finished seeds")
     _role_arguments(parser)
     parser.add_argument("targets", nargs="*", help="snakemake targets (default: every variant)")
-    parser.set_defaults(handler=_run_seed_study)
