@@ -88,6 +88,11 @@ PAIRED_RESAMPLES = 2000
 PAIRED_SEED = 0
 
 
+class ChecksUndefined(ValueError):
+    """The checks cannot be computed on these evaluations (says why): they answer other questions,
+    or ran without the bootstrap the interval checks read."""
+
+
 @dataclass(frozen=True)
 class Check:
     """One check's verdict: its name (one of :data:`CHECKS`), whether it holds, its figures."""
@@ -111,7 +116,7 @@ def paired_accuracy(a: Any, b: Any, *, n_resamples: int = PAIRED_RESAMPLES,
         ``{"diff", "lo", "hi"}``.
 
     Raises:
-        ValueError: the two evaluations do not answer the same (question, sample) rows.
+        ChecksUndefined: the two evaluations do not answer the same (question, sample) rows.
     """
     import numpy as np
     import pandas as pd
@@ -122,7 +127,7 @@ def paired_accuracy(a: Any, b: Any, *, n_resamples: int = PAIRED_RESAMPLES,
     keys = ["prompt_id", "sample_index"]
     left, right = (frame.sort_values(keys).reset_index(drop=True) for frame in (a, b))
     if not left[keys].equals(right[keys]):
-        raise ValueError(
+        raise ChecksUndefined(
             f"paired accuracy needs the same (prompt_id, sample_index) rows in both evaluations: "
             f"{len(left)} rows against {len(right)}, or other questions"
         )
@@ -147,6 +152,7 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]],
 
     Raises:
         KeyError: naming the variant or comparison that is missing.
+        ChecksUndefined: sdft's evaluation has no 95% interval of its gap (``evaluation.bootstrap: 0``).
     """
     for role in ROLES:
         if role not in metrics:
@@ -156,7 +162,11 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]],
             raise KeyError(f"paper checks need the paired accuracy of caopd against {other!r}")
     t, eps = THRESHOLDS, TOLERANCE
     sdft, caopd = metrics["sdft"], metrics["caopd"]
-    sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft["ci95"]["overconfidence_gap"][0]
+    sdft_interval = (sdft.get("ci95") or {}).get("overconfidence_gap")
+    if sdft_interval is None:
+        raise ChecksUndefined("sdft_overconfident reads the 95% interval of sdft's overconfidence gap; "
+                              "its evaluation has none (evaluation.bootstrap: 0)")
+    sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft_interval[0]
     caopd_gap = caopd["overconfidence_gap"]
     margin = t.accuracy_margin
     vs_sdft, vs_base = paired["sdft"], paired["base"]
@@ -243,18 +253,23 @@ def write_checks(evaluations: Mapping[str, str | Path], path: str | Path) -> lis
     """Write the checks of a run's evaluations (``{variant: evaluate artifact directory}``) to
     ``path`` (the ``compare`` rule's ``results/compare/checks.txt``); return them.
 
-    The variants named as :data:`ROLES` play them; a run without all three (a config of other
-    variants) gets one line naming the missing ones instead, and ``None`` is returned.
+    The variants named as :data:`ROLES` play them. A run the checks do not apply to gets one
+    ``not checked:`` line saying why instead, and ``None`` is returned: it lacks one of the three
+    variants (a config of other variants), or :class:`ChecksUndefined` (variants evaluated on
+    other questions, an evaluation without the bootstrap).
     """
     path = Path(path)
     missing = [role for role in ROLES if role not in evaluations]
+    checks = None
     if missing:
-        checks = None
         text = (f"not checked: the paper's checks read the variants {', '.join(ROLES)}; "
                 f"this run has no {', '.join(missing)}\n")
     else:
-        checks = checks_from_evaluations(evaluations)[2]
-        text = format_checks(checks)
+        try:
+            checks = checks_from_evaluations(evaluations)[2]
+            text = format_checks(checks)
+        except ChecksUndefined as err:
+            text = f"not checked: {err}\n"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)

@@ -13,6 +13,7 @@ import pytest
 from caopd.checks import (
     CHECKS,
     THRESHOLDS,
+    ChecksUndefined,
     Thresholds,
     format_checks,
     metrics_from_index,
@@ -213,6 +214,14 @@ def test_the_compare_rule_writes_what_caopd_checks_prints(tmp_path, capsys):
     assert write_checks({"caopd": evaluations["caopd"]}, out) is None
     assert out.read_text() == ("not checked: the paper's checks read the variants base, sdft, caopd; "
                                "this run has no base, sdft\n")
+    _answers(answers["base"][:-1]).to_parquet(evaluations["base"] / "scored.parquet")  # other questions
+    assert write_checks(evaluations, out) is None
+    assert out.read_text().startswith("not checked: paired accuracy needs the same (prompt_id, sample_index)")
+    (evaluations["sdft"] / "metrics.json").write_text(json.dumps({**_passing()["sdft"], "ci95": {
+        "overconfidence_gap": None}}))  # evaluation.bootstrap: 0
+    with pytest.raises(ChecksUndefined, match="evaluation.bootstrap: 0"):
+        paper_checks({**_passing(), "sdft": json.loads((evaluations["sdft"] / "metrics.json").read_text())},
+                     _paired())
 
 
 def test_expected_confidence_is_reported_but_never_decides():
