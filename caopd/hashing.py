@@ -3,7 +3,9 @@
 - :func:`canonical_json`: the byte string a key is hashed from (sorted keys, no whitespace);
 - :func:`digest`: the first :data:`KEY_LENGTH` hex digits of its sha256, an artifact's key;
 - :func:`sha256_file`: a file's sha256, for manifests, sealed checkpoints and data sources;
-- :func:`code_fingerprint`: the digest of the source files a stage runs.
+- :func:`code_fingerprint`: the digest of the source files a stage runs;
+- :func:`first_difference`: where a directory's file table differs from a recorded one (the
+  one comparison behind :func:`caopd.sources.verify_digests` and :func:`caopd.store.verify_sealed`).
 
 Standard library only: the Snakefile imports this module (through :mod:`caopd.plan`) at parse
 time.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,25 @@ def code_fingerprint(entries: Sequence[str], root: str | Path) -> str:
         else:
             items.append((entry, "missing"))
     return digest(items)
+
+
+def first_difference(found: Mapping[str, Any], recorded: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first way a directory's file table differs from the one recorded when it was written.
+
+    Args:
+        found: ``{relative posix path: entry}`` of the files there now; an entry is anything
+            compared with ``==`` (a sha256, or ``{"sha256", "size"}``).
+        recorded: the same table as recorded.
+
+    Returns:
+        ``None`` when the tables are equal; else ``(kind, relative path)``, the recorded paths
+        checked in sorted order first: ``"missing"`` (recorded, not found), ``"changed"`` (its
+        entry differs), then ``"unrecorded"`` (the first found path, sorted, that was not recorded).
+    """
+    for rel in sorted(recorded):
+        if rel not in found:
+            return "missing", rel
+        if found[rel] != recorded[rel]:
+            return "changed", rel
+    extra = sorted(set(found) - set(recorded))
+    return ("unrecorded", extra[0]) if extra else None

@@ -159,6 +159,7 @@ COMPARE_CODE: tuple[str, ...] = (
     "caopd/index.py",
     "caopd/parquet.py",
     "caopd/reporting.py",
+    "caopd/checks.py",
     "caopd/evaluation/plots.py",
     "workflow/scripts/compare.py",
 )

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from caopd.hashing import sha256_file
+from caopd.hashing import first_difference, sha256_file
 
 __all__ = [
     "SourceError",
@@ -155,17 +155,18 @@ def verify_digests(directory: str | Path, recorded: Mapping[str, Any], what: str
     """
     directory = Path(directory)
     found = directory_digests(directory)
-    for rel, digest in sorted(recorded.items()):
-        if rel not in found:
-            raise SourceError(f"{directory / rel}: recorded in {what} but missing")
-        if found[rel] != digest:
-            raise SourceError(
-                f"{directory / rel}: sha256 {found[rel][:12]}… differs from the {digest[:12]}… recorded "
-                f"in {what}; the file changed after it was recorded"
-            )
-    extra = sorted(set(found) - set(recorded))
-    if extra:
-        raise SourceError(f"{directory / extra[0]}: not recorded in {what}; the directory changed after it was recorded")
+    difference = first_difference(found, recorded)
+    if difference is None:
+        return
+    kind, rel = difference
+    if kind == "missing":
+        raise SourceError(f"{directory / rel}: recorded in {what} but missing")
+    if kind == "changed":
+        raise SourceError(
+            f"{directory / rel}: sha256 {found[rel][:12]}… differs from the {recorded[rel][:12]}… recorded "
+            f"in {what}; the file changed after it was recorded"
+        )
+    raise SourceError(f"{directory / rel}: not recorded in {what}; the directory changed after it was recorded")
 
 
 def dataset_fingerprint(path: str) -> dict[str, Any]:

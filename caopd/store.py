@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from caopd.artifacts import CHECKSUMS, MANIFEST, SPEC
-from caopd.hashing import digest, sha256_file
+from caopd.hashing import digest, first_difference, sha256_file
 
 PROVENANCE_PACKAGES = (
     "caopd",
@@ -140,18 +140,19 @@ def verify_sealed(directory: str | Path) -> dict[str, dict[str, Any]]:
     except (OSError, ValueError) as err:
         raise ArtifactError(f"{path}: missing or unreadable ({err}); {directory} is not sealed") from None
     found = file_table(directory, exclude=(CHECKSUMS,))
-    for rel, entry in sorted(recorded.items()):
-        if rel not in found:
-            raise ArtifactError(f"{directory / rel}: listed in {path} but missing")
-        if found[rel] != entry:
-            raise ArtifactError(
-                f"{directory / rel}: sha256 {found[rel]['sha256'][:12]}… (size {found[rel]['size']}) does not "
-                f"match {path} ({entry['sha256'][:12]}…, size {entry['size']}); it changed after it was written"
-            )
-    extra = sorted(set(found) - set(recorded))
-    if extra:
-        raise ArtifactError(f"{directory / extra[0]}: not listed in {path}; it was added after sealing")
-    return recorded
+    difference = first_difference(found, recorded)
+    if difference is None:
+        return recorded
+    kind, rel = difference
+    if kind == "missing":
+        raise ArtifactError(f"{directory / rel}: listed in {path} but missing")
+    if kind == "changed":
+        entry = recorded[rel]
+        raise ArtifactError(
+            f"{directory / rel}: sha256 {found[rel]['sha256'][:12]}… (size {found[rel]['size']}) does not "
+            f"match {path} ({entry['sha256'][:12]}…, size {entry['size']}); it changed after it was written"
+        )
+    raise ArtifactError(f"{directory / rel}: not listed in {path}; it was added after sealing")
 
 
 def git_commit(root: str | Path) -> str | None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caopd.cli import PredictionsError, load_predictions, main
+from caopd.cli import main
+from caopd.cli.evaluate import PredictionsError, load_predictions
 from caopd.evaluation import metrics
 
 REPO = Path(__file__).resolve().parents[1]

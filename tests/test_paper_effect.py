@@ -3,12 +3,13 @@ at every seed and on any machine.
 
 Runs ``snakemake --cores 2`` with ``config/config.yaml`` unchanged (seed 0) in a temporary
 working directory (about 10 minutes on 2 CPU cores). A training run is one draw: the same commit
-gives other figures on another CPU, so the five checks of :mod:`caopd.evaluation.claims` are NOT
-asserted here; they are reported over seeds by the seed study
-(``benchmarks/seed_study.py``, README "Results"). What is asserted is the direction of the effect
-with margins the seed study shows with room to spare at every seed (:data:`MARGINS`):
+gives other figures on another CPU, so the five checks of :mod:`caopd.checks` are NOT asserted
+here; they are reported over seeds by the seed study (``caopd seed-study``, README "Results").
+What is asserted is the direction of the effect with margins the seed study shows with room to
+spare at every seed (:data:`MARGINS`):
 
-- SDFT is overconfident (the ``sdft_overconfident`` check: gap >= +0.15, interval above 0);
+- SDFT is overconfident (the ``sdft_overconfident`` check, its threshold
+  :data:`caopd.checks.THRESHOLDS`, interval above 0);
 - CaOPD states a confidence much closer to its accuracy than SDFT does;
 - CaOPD's confidence ranks right answers above wrong ones much more often than SDFT's;
 - CaOPD's accuracy is not far below SDFT's or the base model's (paired interval).
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from caopd.evaluation.claims import checks_from_index
+from caopd.checks import checks_from_index
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from caopd.checks import CHECKS
 from caopd.store import verify_artifact
 from conftest import mlflow_server
 
@@ -204,6 +205,8 @@ def test_figures_and_comparison_exist(smoke_run):
     assert table[0].startswith("variant\t") and len(table) == 4
     for name in ("accuracy_vs_confidence.png", "accuracy_vs_ece.png"):
         assert (smoke_run / "results" / "compare" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    checks = (smoke_run / "results" / "compare" / "checks.txt").read_text().splitlines()
+    assert [line.split()[1] for line in checks] == list(CHECKS), checks  # PASS or FAIL: one draw
     plots = list((smoke_run / "results" / "plots").glob("*/reliability.png"))
     assert len(plots) == 3
 

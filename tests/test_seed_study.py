@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from caopd.evaluation.claims import paper_checks
-from caopd.evaluation.seed_study import SeedRun, mean_interval, seed_row, summary_rows, write_study
+from caopd.checks import paper_checks
+from caopd.diagnostics.seed_study import SeedRun, mean_interval, seed_row, summary_rows, write_study
 
 
 def _m(acc, conf, ece, spr):

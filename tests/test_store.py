@@ -162,3 +162,16 @@ def test_a_sealed_checkpoint_with_flipped_bits_is_refused(tmp_path):
     (ckpt / "checksums.json").unlink()
     with pytest.raises(ArtifactError, match=r"checksums\.json: missing"):
         verify_sealed(ckpt)
+
+
+def test_first_difference_names_the_first_missing_changed_or_unrecorded_file():
+    """The one comparison behind verify_digests and verify_sealed, on hand-made tables."""
+    from caopd.hashing import first_difference
+
+    recorded = {"b": "2", "a": "1"}
+    assert first_difference({"a": "1", "b": "2"}, recorded) is None
+    assert first_difference({"b": "2"}, recorded) == ("missing", "a")
+    assert first_difference({"a": "1", "b": "3"}, recorded) == ("changed", "b")
+    assert first_difference({"a": "0"}, recorded) == ("changed", "a")  # sorted: a before b's absence
+    assert first_difference({"a": "1", "b": "2", "d": "4", "c": "3"}, recorded) == ("unrecorded", "c")
+    assert first_difference({"a": {"sha256": "1", "size": 2}}, {"a": {"sha256": "1", "size": 3}}) == ("changed", "a")

@@ -31,6 +31,7 @@ def get_all_targets(wildcards):
         "results/compare/metrics.tsv",
         "results/compare/accuracy_vs_confidence.png",
         "results/compare/accuracy_vs_ece.png",
+        "results/compare/checks.txt",
     ]
 
 

@@ -56,6 +56,11 @@ rule compare:
             caption="../report/accuracy_vs_ece.rst",
             category="Comparison",
         ),
+        checks=report(
+            "results/compare/checks.txt",
+            caption="../report/checks.rst",
+            category="Comparison",
+        ),
     params:
         code=COMPARE_FINGERPRINT,  # fixed output paths: an edit of its code reruns it via params
     log:

@@ -1,12 +1,13 @@
-"""Rule compare: the across-variant metrics table and figures (caopd.reporting.compare_variants).
-Every evaluate artifact is verified against its manifest first (a hand-edited metrics.json is an
-error naming the file)."""
+"""Rule compare: the across-variant metrics table and figures (caopd.reporting.compare_variants)
+and the paper's five checks (caopd.checks.write_checks). Every evaluate artifact is verified
+against its manifest first (a hand-edited metrics.json is an error naming the file)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
+from caopd.checks import write_checks
 from caopd.job import setup_logging
 from caopd.reporting import compare_variants
 from caopd.store import verify_artifact
@@ -21,3 +22,4 @@ compare_variants(
     confidence=snakemake.output.confidence,  # noqa: F821
     ece=snakemake.output.ece,  # noqa: F821
 )
+write_checks(evaluations, snakemake.output.checks)  # noqa: F821

@@ -2,11 +2,13 @@
 pass rate of each check and the mean effect with its 95% interval.
 
 A training run is one draw: another seed, or another machine's CPU numerics, gives another
-student. The checks of :mod:`caopd.evaluation.claims` are therefore reported over seeds, never
-gated on one. Run it (each seed in its own working directory, one after the other)::
+student. The checks of :mod:`caopd.checks` are therefore reported over seeds, never gated on one.
+Run it (each seed in its own working directory, one after the other; a benchmark, never part of
+CI)::
 
-    python benchmarks/seed_study.py --seeds 0 1 2 3 4 --out runs/seed_study
-    python benchmarks/seed_study.py --seeds 0 1 2 3 4 --out runs/seed_study --aggregate-only
+    caopd seed-study --seeds 0 1 2 3 4 --out runs/seed_study
+    caopd seed-study --seeds 0 1 2 3 4 --out runs/seed_study --aggregate-only
+    python benchmarks/seed_study.py --seeds 0 1 2 3 4 --out runs/seed_study   # the same
 
 It writes into ``--out``: ``seed-<s>/`` (each seed's ``results/`` and ``logs/``),
 ``per_seed.tsv`` (one row per seed: the metrics the checks read, the paired accuracy
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from caopd.evaluation.claims import CHECKS, VARIANTS, Check, checks_from_index
+from caopd.checks import CHECKS, ROLES, Check, checks_from_index
 
 #: Effects reported with their across-seed mean and interval: name -> (description, function of
 #: a seed's row of :func:`per_seed_table`).
@@ -58,7 +60,7 @@ def seed_row(run: SeedRun) -> dict[str, Any]:
     m, p = run.metrics, run.paired
     expected = (m["caopd"].get("expected_confidence") or {})
     row: dict[str, Any] = {"seed": run.seed}
-    for role in VARIANTS:
+    for role in ROLES:
         row[f"acc_{role}"] = m[role]["accuracy"]
     row.update({
         "gap_sdft": m["sdft"]["overconfidence_gap"],
@@ -216,31 +218,23 @@ def run_seed(seed: int, workdir: Path, configfiles: Sequence[Path], cores: int,
     return time.perf_counter() - began
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
+def run_study(seeds: Sequence[int], out: Path, *, configfiles: Sequence[Path], cores: int,
+              names: Mapping[str, str] | None = None, targets: Sequence[str] = (),
+              aggregate_only: bool = False) -> str:
+    """Run the pipeline at each of ``seeds`` in ``out/seed-<s>/`` (unless ``aggregate_only``: then
+    only read the finished seeds), check each through its index, write the study
+    (:func:`write_study`); return the report.
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--out", type=Path, default=Path("runs/seed_study"))
-    parser.add_argument("--configfile", type=Path, nargs="+", default=[Path("config/config.yaml")])
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--aggregate-only", action="store_true", help="only read finished seeds")
-    for role in VARIANTS:
-        parser.add_argument(f"--{role}", default=role, help=f"variant in the role of {role!r}")
-    parser.add_argument("targets", nargs="*", help="snakemake targets (default: every variant)")
-    args = parser.parse_args(argv)
-    names = {role: getattr(args, role) for role in VARIANTS}
+    Args:
+        names: role -> the variant that plays it (default: the variants named as the roles).
+        targets: snakemake targets (default: every variant).
+    """
     runs, seconds = [], {}
-    for seed in args.seeds:
-        workdir = args.out / f"seed-{seed}"
-        if not args.aggregate_only:
-            seconds[seed] = run_seed(seed, workdir, args.configfile, args.cores, args.targets)
+    for seed in seeds:
+        workdir = out / f"seed-{seed}"
+        if not aggregate_only:
+            seconds[seed] = run_seed(seed, workdir, configfiles, cores, targets)
             print(f"seed {seed}: {seconds[seed] / 60:.1f} min", flush=True)
         metrics, paired, checks = checks_from_index(workdir / "results" / "index", names=names)
         runs.append(SeedRun(seed, metrics, paired, checks))
-    print(write_study(args.out, runs, seconds or None), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return write_study(out, runs, seconds or None)

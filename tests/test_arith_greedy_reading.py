@@ -1,4 +1,4 @@
-"""The greedy reading of a target distribution and the ideal level-conditional student, by hand."""
+"""The greedy reading of a target distribution and the ideal level-conditional arith student, by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from caopd.evaluation.greedy_reading import level_reading_metrics, greedy_by_level, greedy_decode, main, report
+from caopd.cli import main
+from caopd.diagnostics.arith_greedy_reading import level_reading_metrics, greedy_by_level, greedy_decode, report
 
 from conftest import publish_for_test
 
@@ -119,7 +120,7 @@ def test_report_reads_a_run_through_its_index(tmp_path, capsys):
     text = report(index)
     assert "+0.000   -0.100   |gap| <= 0.05" in text
     assert "0.000    0.200   <= 0.200" in text  # ECE: no sign  # levels state 1.00 and 0.50: gap exactly 0
-    assert "<= 0.200 (half of sdft's)" in text and ">= 0.250 (sdft's + 0.2)" in text
-    assert main([str(index)]) == 0 and "ideal level-conditional" in capsys.readouterr().out
+    assert "<= 0.200 (0.5 x sdft's)" in text and ">= 0.250 (sdft's + 0.2)" in text
+    assert main(["greedy-reading", str(index)]) == 0 and "ideal level-conditional" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="no index for variant 'nope'"):
         report(index, variant="nope")

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from caopd.cli import main
 from caopd.data import write_split
-from caopd.evaluation.work_agreement import agreement, main, variant_agreement
+from caopd.diagnostics.arith_work_agreement import agreement, variant_agreement
 from caopd.hashing import canonical_json
 from caopd.rollouts.engine import RolloutRecord
 from caopd.rollouts.files import write_rollouts
@@ -83,7 +84,7 @@ def test_variant_agreement_reads_a_run_through_its_index(tmp_path, capsys):
     (index / "caopd.json").write_text(json.dumps({"stages": stages}))
     row = variant_agreement(index / "caopd.json")
     assert row == {"n": 1, "value_right": 1.0, "lookup_right": 1.0, "letter_follows": 1.0, "accuracy": 1.0}
-    assert main([str(index)]) == 0
+    assert main(["work-agreement", str(index)]) == 0
     assert "caopd" in capsys.readouterr().out
     (index / "base.json").write_text(json.dumps({"stages": stages[:1]}))
     with pytest.raises(FileNotFoundError, match="no eval_rollouts stage yet"):

@@ -1,6 +1,4 @@
-"""The ``caopd`` command line.
-
-Subcommands:
+"""``caopd evaluate``: score a file of model responses with a task's verifier.
 
 ``caopd evaluate PREDICTIONS --task {arith,science,tooluse} [--out metrics.json]
 [--n-bins 10] [--bootstrap 1000] [--seed 0]``
@@ -26,19 +24,6 @@ Subcommands:
     object). The file must be UTF-8 without a byte-order mark. A row lacking either field, a
     ground truth the task cannot take, a byte that is not UTF-8 or a BOM is an error naming the
     file and its line (JSONL) or index (JSON list); the exit status is then 2.
-
-``caopd track [--results results] [--uri URI] [--experiment caopd]``
-    Log into MLflow the records (``tracking.json``) of artifacts whose jobs ran while the
-    tracking store was unreachable, and the variant runs the indexes lack (:mod:`caopd.ingest`).
-    ``--uri`` defaults to ``MLFLOW_TRACKING_URI``, else ``sqlite:///results/mlflow.db``. Exit
-    status 2 when an artifact does not verify or the store cannot be used.
-
-``caopd memory --configfile X [--processes N] [--gpu-memory-gb G] [--model DIR]``
-    The per-GPU memory estimate of every training variant of X (:mod:`caopd.memory_report`).
-
-Adding a subcommand: write ``_add_<name>(subparsers)`` that registers its parser with
-``set_defaults(handler=...)`` (a function ``args -> exit status``) and append it to
-:data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -48,11 +33,10 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUBCOMMANDS", "PredictionsError", "build_parser", "load_predictions", "main"]
+__all__ = ["PredictionsError", "add_evaluate", "load_predictions"]
 
 RESPONSE_KEYS = ("response", "output", "completion", "generated_text")
 TRUTH_KEYS = ("ground_truth", "answer", "golden_answer", "label")
@@ -246,7 +230,7 @@ def _non_negative_int(value: str) -> int:
     return number
 
 
-def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="score a predictions file and print calibration metrics as JSON",
@@ -269,38 +253,3 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.set_defaults(handler=_run_evaluate)
-
-
-# Each entry registers one subcommand on the `caopd` parser.
-def _add_track(subparsers: argparse._SubParsersAction) -> None:
-    from caopd.ingest import add_subcommand
-
-    add_subcommand(subparsers)
-
-
-def _add_memory(subparsers: argparse._SubParsersAction) -> None:
-    from caopd.memory_report import add_subcommand
-
-    add_subcommand(subparsers)
-
-
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_evaluate, _add_track, _add_memory]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``caopd`` argument parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(prog="caopd", description="CaOPD command line")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in SUBCOMMANDS:
-        register(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``caopd`` command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

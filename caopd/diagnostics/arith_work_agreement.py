@@ -19,15 +19,14 @@ accuracy            the ``<answer>`` letter is the ground truth (the evaluation'
 An answer without a work line counts in none of the first three. Print it for every variant
 of a finished ``arith`` run::
 
-    python -m caopd.evaluation.work_agreement results/index
-    python -m caopd.evaluation.work_agreement results/index --variants base sdft caopd
+    caopd work-agreement results/index
+    caopd work-agreement results/index --variants base sdft caopd
 """
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from caopd.tasks.arith import work_line
@@ -91,25 +90,23 @@ def variant_agreement(index_path: Path) -> dict[str, float]:
     return agreement(((r.prompt_id, r.text) for r in records), examples)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+def index_agreement(index_dir: Path, variants: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """``{variant: agreement}`` of ``variants`` (default: every variant indexed in ``index_dir``).
 
-    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.work_agreement",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
-    parser.add_argument("--variants", nargs="*", help="default: every variant in the index")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    names = args.variants or sorted(p.stem for p in args.index_dir.glob("*.json"))
+    Raises:
+        FileNotFoundError: ``index_dir`` indexes no variant, or one has not run (naming it).
+    """
+    names = list(variants or sorted(p.stem for p in Path(index_dir).glob("*.json")))
     if not names:
-        raise FileNotFoundError(f"{args.index_dir}: no variant index files")
-    print(f"{'variant':<16} {'answers':>7} {'value right':>11} {'lookup right':>12} {'letter follows':>14} "
-          f"{'accuracy':>8}")
-    for name in names:
-        row = variant_agreement(args.index_dir / f"{name}.json")
-        print(f"{name:<16} {row['n']:>7} {row['value_right']:>11.3f} {row['lookup_right']:>12.3f} "
-              f"{row['letter_follows']:>14.3f} {row['accuracy']:>8.3f}")
-    return 0
+        raise FileNotFoundError(f"{index_dir}: no variant index files")
+    return {name: variant_agreement(Path(index_dir) / f"{name}.json") for name in names}
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def format_agreement(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """The table of :func:`index_agreement`, one line per variant."""
+    lines = [f"{'variant':<16} {'answers':>7} {'value right':>11} {'lookup right':>12} {'letter follows':>14} "
+             f"{'accuracy':>8}"]
+    for name, row in rows.items():
+        lines.append(f"{name:<16} {row['n']:>7} {row['value_right']:>11.3f} {row['lookup_right']:>12.3f} "
+                     f"{row['letter_follows']:>14.3f} {row['accuracy']:>8.3f}")
+    return "\n".join(lines)

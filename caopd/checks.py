@@ -2,7 +2,7 @@
 
 On-policy self-distillation makes the student overconfident, CaOPD makes it calibrated and its
 confidence informative, and accuracy does not suffer. The thresholds live in one place,
-:data:`THRESHOLDS`:
+:data:`THRESHOLDS` (:class:`Thresholds`); the three roles in one, :data:`ROLES`:
 
 =====================  ===================================================================
 check                  holds when
@@ -25,37 +25,62 @@ the same eval split, ``task.arith.eval_seed``): :func:`paired_accuracy` resample
 for both variants (:func:`caopd.evaluation.bootstrap.paired_difference`), so the interval is
 that of the difference, not of two noisy numbers; a larger eval split narrows it.
 
-Print them for a finished run (its ``results/index/<variant>.json`` files name the evaluations)::
+Where they are read:
 
-    python -m caopd.evaluation.claims results/index
-    python -m caopd.evaluation.claims results/index --sdft sdft_lr3e4 --caopd caopd_lr3e4
+- the ``compare`` rule writes them to ``results/compare/checks.txt`` (:func:`write_checks`) when
+  the run has variants named ``base``, ``sdft`` and ``caopd``;
+- ``caopd checks`` prints them for a finished run, read through its ``results/index/`` (exit
+  status 0 when all five hold)::
 
-(the second form checks other variants in the three roles, e.g. a sweep of config/tuning.yaml).
-Exit status 0 when all five hold.
+      caopd checks results/index
+      caopd checks results/index --sdft sdft_lr3e4 --caopd caopd_lr3e4
+
+  (the second form checks other variants in the three roles, e.g. a sweep of config/tuning.yaml);
+- the seed study counts them over seeds (:mod:`caopd.diagnostics.seed_study`).
 """
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from caopd.artifacts import read_metrics_file, read_scored
 
-VARIANTS = ("base", "sdft", "caopd")
+#: The variants the checks read, by role; a run's variants of these names play them unless told
+#: otherwise (``caopd checks --sdft NAME``).
+ROLES = ("base", "sdft", "caopd")
+#: The variants caopd's paired accuracy is compared against (``capability_kept``).
+PAIRED_AGAINST = ("sdft", "base")
 CHECKS = ("sdft_overconfident", "caopd_calibrated", "ece_halved", "confidence_informative",
           "capability_kept")
 
-#: Every threshold of the checks (module docstring), defined once.
-THRESHOLDS: dict[str, float] = {
-    "sdft_min_gap": 0.15,          # sdft_overconfident: gap(sdft) at least this
-    "calibrated_max_gap": 0.05,    # caopd_calibrated: |gap(caopd)| at most this
-    "ece_max_ratio": 0.5,          # ece_halved: ECE(caopd) at most this times ECE(sdft)
-    "spr_min_gain": 0.2,           # confidence_informative: SPR(caopd) - SPR(sdft) at least this
-    "accuracy_margin": 0.03,       # capability_kept: paired 95% interval low above -margin
-}
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold of the five checks (module docstring), defined once.
+
+    The finding they encode is the paper's (arXiv 2604.16830; ../shared/PAPER.md "Results to
+    compare against": SDFT states tens of points above its accuracy, CaOPD about its accuracy,
+    ECE falls by about half, SPR rises by 0.2-0.5); the paired capability margin is issue 12's
+    (item 2: the 95% interval of the paired accuracy difference above -0.03). Dimensionless,
+    on the scale of the metrics they bound (:mod:`caopd.evaluation.metrics`).
+    """
+
+    #: sdft_overconfident: gap(sdft) at least this
+    sdft_min_gap: float = 0.15
+    #: caopd_calibrated: |gap(caopd)| at most this
+    calibrated_max_gap: float = 0.05
+    #: ece_halved: ECE(caopd) at most this times ECE(sdft)
+    ece_max_ratio: float = 0.5
+    #: confidence_informative: SPR(caopd) - SPR(sdft) at least this
+    spr_min_gain: float = 0.2
+    #: capability_kept: the paired 95% interval's low end above -margin
+    accuracy_margin: float = 0.03
+
+
+THRESHOLDS = Thresholds()
 #: slack on every threshold, so that float rounding of an exact boundary value still passes
 TOLERANCE = 1e-9
 #: bootstrap of the paired accuracy differences (fixed: the verdict is a function of the answers)
@@ -63,8 +88,15 @@ PAIRED_RESAMPLES = 2000
 PAIRED_SEED = 0
 
 
+class ChecksUndefined(ValueError):
+    """The checks cannot be computed on these evaluations (says why): they answer other questions,
+    or ran without the bootstrap the interval checks read."""
+
+
 @dataclass(frozen=True)
 class Check:
+    """One check's verdict: its name (one of :data:`CHECKS`), whether it holds, its figures."""
+
     name: str
     passed: bool
     detail: str
@@ -84,7 +116,7 @@ def paired_accuracy(a: Any, b: Any, *, n_resamples: int = PAIRED_RESAMPLES,
         ``{"diff", "lo", "hi"}``.
 
     Raises:
-        ValueError: the two evaluations do not answer the same (question, sample) rows.
+        ChecksUndefined: the two evaluations do not answer the same (question, sample) rows.
     """
     import numpy as np
     import pandas as pd
@@ -95,7 +127,7 @@ def paired_accuracy(a: Any, b: Any, *, n_resamples: int = PAIRED_RESAMPLES,
     keys = ["prompt_id", "sample_index"]
     left, right = (frame.sort_values(keys).reset_index(drop=True) for frame in (a, b))
     if not left[keys].equals(right[keys]):
-        raise ValueError(
+        raise ChecksUndefined(
             f"paired accuracy needs the same (prompt_id, sample_index) rows in both evaluations: "
             f"{len(left)} rows against {len(right)}, or other questions"
         )
@@ -120,31 +152,36 @@ def paper_checks(metrics: Mapping[str, Mapping[str, Any]],
 
     Raises:
         KeyError: naming the variant or comparison that is missing.
+        ChecksUndefined: sdft's evaluation has no 95% interval of its gap (``evaluation.bootstrap: 0``).
     """
-    for variant in VARIANTS:
-        if variant not in metrics:
-            raise KeyError(f"paper checks need the metrics of variant {variant!r}; got {sorted(metrics)}")
-    for other in ("sdft", "base"):
+    for role in ROLES:
+        if role not in metrics:
+            raise KeyError(f"paper checks need the metrics of variant {role!r}; got {sorted(metrics)}")
+    for other in PAIRED_AGAINST:
         if other not in paired:
             raise KeyError(f"paper checks need the paired accuracy of caopd against {other!r}")
     t, eps = THRESHOLDS, TOLERANCE
     sdft, caopd = metrics["sdft"], metrics["caopd"]
-    sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft["ci95"]["overconfidence_gap"][0]
+    sdft_interval = (sdft.get("ci95") or {}).get("overconfidence_gap")
+    if sdft_interval is None:
+        raise ChecksUndefined("sdft_overconfident reads the 95% interval of sdft's overconfidence gap; "
+                              "its evaluation has none (evaluation.bootstrap: 0)")
+    sdft_gap, sdft_low = sdft["overconfidence_gap"], sdft_interval[0]
     caopd_gap = caopd["overconfidence_gap"]
-    margin = t["accuracy_margin"]
+    margin = t.accuracy_margin
     vs_sdft, vs_base = paired["sdft"], paired["base"]
     return [
-        Check("sdft_overconfident", sdft_gap >= t["sdft_min_gap"] - eps and sdft_low > 0,
+        Check("sdft_overconfident", sdft_gap >= t.sdft_min_gap - eps and sdft_low > 0,
               f"gap(sdft) {sdft_gap:+.3f}, 95% CI low {sdft_low:+.3f} "
-              f"(need >= +{t['sdft_min_gap']:.2f}, > 0)"),
-        Check("caopd_calibrated", abs(caopd_gap) <= t["calibrated_max_gap"] + eps,
-              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= {t['calibrated_max_gap']:.2f})"
+              f"(need >= +{t.sdft_min_gap:.2f}, > 0)"),
+        Check("caopd_calibrated", abs(caopd_gap) <= t.calibrated_max_gap + eps,
+              f"gap(caopd) {caopd_gap:+.3f} (need |gap| <= {t.calibrated_max_gap:.2f})"
               f"{_expected_note(caopd)}"),
-        Check("ece_halved", caopd["ece"] <= t["ece_max_ratio"] * sdft["ece"] + eps,
+        Check("ece_halved", caopd["ece"] <= t.ece_max_ratio * sdft["ece"] + eps,
               f"ECE caopd {caopd['ece']:.3f} vs sdft {sdft['ece']:.3f} "
-              f"(need <= {t['ece_max_ratio']:g} x)"),
-        Check("confidence_informative", caopd["spr"] >= sdft["spr"] + t["spr_min_gain"] - eps,
-              f"SPR caopd {caopd['spr']:.3f} vs sdft {sdft['spr']:.3f} (need >= +{t['spr_min_gain']:.1f})"),
+              f"(need <= {t.ece_max_ratio:g} x)"),
+        Check("confidence_informative", caopd["spr"] >= sdft["spr"] + t.spr_min_gain - eps,
+              f"SPR caopd {caopd['spr']:.3f} vs sdft {sdft['spr']:.3f} (need >= +{t.spr_min_gain:.1f})"),
         Check("capability_kept", vs_sdft["lo"] > -margin - eps and vs_base["lo"] > -margin - eps,
               f"accuracy caopd {caopd['accuracy']:.3f}; paired caopd - sdft {vs_sdft['diff']:+.3f} "
               f"[{vs_sdft['lo']:+.3f}, {vs_sdft['hi']:+.3f}], caopd - base {vs_base['diff']:+.3f} "
@@ -163,7 +200,7 @@ def _expected_note(metrics: Mapping[str, Any]) -> str:
 
 def evaluations_from_index(index_dir: Path, root: Path | None = None,
                            names: Mapping[str, str] | None = None) -> dict[str, Path]:
-    """``{role: evaluate artifact directory}`` for the roles of :data:`VARIANTS`.
+    """``{role: evaluate artifact directory}`` for the roles of :data:`ROLES`.
 
     ``names`` maps a role to the variant that plays it (default: the variant of the same name).
     ``root`` is the directory the index's paths are relative to (default: the parent of
@@ -173,7 +210,7 @@ def evaluations_from_index(index_dir: Path, root: Path | None = None,
 
     root = index_dir.parent.parent if root is None else root
     out = {}
-    for role in VARIANTS:
+    for role in ROLES:
         variant = (names or {}).get(role, role)
         index = read_index(index_dir, variant, root)  # verifies the evaluate artifact
         if not index.get("metrics"):
@@ -189,32 +226,51 @@ def metrics_from_index(index_dir: Path, root: Path | None = None,
             for role, path in evaluations_from_index(index_dir, root, names).items()}
 
 
+def checks_from_evaluations(evaluations: Mapping[str, str | Path]) -> tuple[dict[str, dict[str, Any]],
+                                                                           dict[str, dict[str, float]],
+                                                                           list[Check]]:
+    """``(metrics, paired, checks)`` of the evaluate artifacts ``{role: directory}`` of :data:`ROLES`."""
+    metrics = {role: read_metrics_file(evaluations[role]) for role in ROLES}
+    scored = {role: read_scored(evaluations[role]) for role in ROLES}
+    paired = {other: paired_accuracy(scored["caopd"], scored[other]) for other in PAIRED_AGAINST}
+    return metrics, paired, paper_checks(metrics, paired)
+
+
 def checks_from_index(index_dir: Path, root: Path | None = None,
                       names: Mapping[str, str] | None = None) -> tuple[dict[str, dict[str, Any]],
                                                                        dict[str, dict[str, float]],
                                                                        list[Check]]:
     """``(metrics, paired, checks)`` of a finished run, read through its index."""
-    evaluations = evaluations_from_index(index_dir, root, names)
-    metrics = {role: read_metrics_file(path) for role, path in evaluations.items()}
-    scored = {role: read_scored(path) for role, path in evaluations.items()}
-    paired = {other: paired_accuracy(scored["caopd"], scored[other]) for other in ("sdft", "base")}
-    return metrics, paired, paper_checks(metrics, paired)
+    return checks_from_evaluations(evaluations_from_index(index_dir, root, names))
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.claims", description=__doc__.splitlines()[0])
-    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
-    for role in VARIANTS:
-        parser.add_argument(f"--{role}", default=role, help=f"variant in the role of {role!r}")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    names = {role: getattr(args, role) for role in VARIANTS}
-    _, _, checks = checks_from_index(args.index_dir, names=names)
-    for check in checks:
-        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name:<24} {check.detail}")
-    return 0 if all(c.passed for c in checks) else 1
+def format_checks(checks: Sequence[Check]) -> str:
+    """One line per check, ``PASS``/``FAIL``, its name and its figures (README "Results")."""
+    return "".join(f"{'PASS' if c.passed else 'FAIL'}  {c.name:<24} {c.detail}\n" for c in checks)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def write_checks(evaluations: Mapping[str, str | Path], path: str | Path) -> list[Check] | None:
+    """Write the checks of a run's evaluations (``{variant: evaluate artifact directory}``) to
+    ``path`` (the ``compare`` rule's ``results/compare/checks.txt``); return them.
+
+    The variants named as :data:`ROLES` play them. A run the checks do not apply to gets one
+    ``not checked:`` line saying why instead, and ``None`` is returned: it lacks one of the three
+    variants (a config of other variants), or :class:`ChecksUndefined` (variants evaluated on
+    other questions, an evaluation without the bootstrap).
+    """
+    path = Path(path)
+    missing = [role for role in ROLES if role not in evaluations]
+    checks = None
+    if missing:
+        text = (f"not checked: the paper's checks read the variants {', '.join(ROLES)}; "
+                f"this run has no {', '.join(missing)}\n")
+    else:
+        try:
+            checks = checks_from_evaluations(evaluations)[2]
+            text = format_checks(checks)
+        except ChecksUndefined as err:
+            text = f"not checked: {err}\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return checks

@@ -1,4 +1,4 @@
-"""What greedy decoding reads from a confidence learned from sampled targets, level by level.
+"""What greedy decoding reads from a confidence learned from sampled targets, arith level by level.
 
 CaOPD trains the stated number toward each training prompt's success rate ``P_acc`` (the share
 of its K rollouts that were right). A student that cannot tell which prompts it will get right
@@ -15,17 +15,17 @@ model's own. It is a reference, not a bound: a real student conditions on more t
 level sits far from both the mean of its targets and its accuracy, the decoded number is a
 property of greedy decoding, not of how well the student learned (docs/tiny_model.md §6).
 
-Print it for a finished run (the variant's index names its targets and its scored answers)::
+Print it for a finished ``arith`` run (the variant's index names its targets and its scored
+answers); the thresholds shown are those of :mod:`caopd.checks`::
 
-    python -m caopd.evaluation.greedy_reading results/index
-    python -m caopd.evaluation.greedy_reading results/index --variant caopd_lr3e4 --sdft sdft_lr3e4
+    caopd greedy-reading results/index
+    caopd greedy-reading results/index --variant caopd_lr3e4 --sdft sdft_lr3e4
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -133,7 +133,8 @@ def level_reading_metrics(scored: pd.DataFrame, decoded: Mapping[int, float], n_
 
 def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     """The level-conditional greedy reading for ``variant`` beside its decoded metrics and the
-    thresholds that use ``sdft``."""
+    thresholds of :mod:`caopd.checks` that use ``sdft``."""
+    from caopd.checks import THRESHOLDS as t
     from caopd.index import read_index, stage_dirs, training_targets
 
     root = index_dir.parent.parent
@@ -157,7 +158,7 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
     decoded = greedy_by_level(targets)
     reading = level_reading_metrics(scored, decoded, n_bins=int(metrics.get("n_bins", 10)))
 
-    lines = [f"{variant}: the ideal level-conditional student, read greedily (caopd.evaluation.greedy_reading)",
+    lines = [f"{variant}: the ideal level-conditional student, read greedily (caopd greedy-reading)",
              f"{'level':>5} {'n':>4} {'target mean':>11} {'greedy':>6} {'accuracy':>8}"]
     for level in sorted(decoded):
         rows = scored[scored["level"] == level]
@@ -165,28 +166,15 @@ def report(index_dir: Path, variant: str = "caopd", sdft: str = "sdft") -> str:
         lines.append(f"{level:>5} {len(rows):>4} {mean:>11.3f} {decoded[level]:>6.2f} {rows['correct'].mean():>8.3f}")
     lines.append(f"{'':>12}{'levels':>8} {'decoded':>8}   threshold")
     checks = [
-        ("gap", reading["overconfidence_gap"], metrics["overconfidence_gap"], "|gap| <= 0.05"),
-        ("ECE", reading["ece"], metrics["ece"], f"<= {0.5 * sdft_metrics['ece']:.3f} (half of {sdft}'s)"),
-        ("SPR", reading["spr"], metrics["spr"], f">= {sdft_metrics['spr'] + 0.2:.3f} ({sdft}'s + 0.2)"),
+        ("gap", reading["overconfidence_gap"], metrics["overconfidence_gap"],
+         f"|gap| <= {t.calibrated_max_gap:.2f}"),
+        ("ECE", reading["ece"], metrics["ece"],
+         f"<= {t.ece_max_ratio * sdft_metrics['ece']:.3f} ({t.ece_max_ratio:g} x {sdft}'s)"),
+        ("SPR", reading["spr"], metrics["spr"],
+         f">= {sdft_metrics['spr'] + t.spr_min_gain:.3f} ({sdft}'s + {t.spr_min_gain:g})"),
     ]
     for name, b, d, threshold in checks:
         sign = "+" if name == "gap" else ""
         lines.append(f"{name:>12}{b:>{sign}8.3f} {d:>{sign}8.3f}   {threshold}")
     return "\n".join(lines)
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m caopd.evaluation.greedy_reading",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("index_dir", nargs="?", type=Path, default=Path("results/index"))
-    parser.add_argument("--variant", default="caopd", help="the CaOPD variant whose targets and answers to read")
-    parser.add_argument("--sdft", default="sdft", help="the variant whose ECE and SPR set the thresholds")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(report(args.index_dir, args.variant, args.sdft))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,6 @@
 """The five paper checks on hand-built metrics: each threshold on both sides of its boundary;
-the paired accuracy difference on hand-built answers."""
+the paired accuracy difference on hand-built answers; ``caopd checks`` and the compare rule's
+``checks.txt``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from caopd.evaluation.claims import (
+from caopd.checks import (
+    CHECKS,
     THRESHOLDS,
-    main,
+    ChecksUndefined,
+    Thresholds,
+    format_checks,
     metrics_from_index,
     paired_accuracy,
     paper_checks,
+    write_checks,
 )
+from caopd.cli import main as cli_main
 
 from conftest import publish_for_test
 
@@ -72,7 +78,7 @@ def test_each_threshold_fails_on_its_side_only(variant, change, failing):
     (_paired(sdft_lo=-0.029, base_lo=-0.029), True),
 ])
 def test_capability_is_paired_non_inferiority(paired, passed):
-    assert THRESHOLDS["accuracy_margin"] == 0.03
+    assert THRESHOLDS.accuracy_margin == 0.03
     result = _by_name(_passing(), paired)
     assert result["capability_kept"] is passed
     assert all(ok for name, ok in result.items() if name != "capability_kept")
@@ -111,6 +117,45 @@ def test_paired_accuracy_resamples_whole_questions_and_refuses_other_rows():
         paired_accuracy(a, b.iloc[:-1])
 
 
+def test_the_thresholds_are_the_papers():
+    """The values every check, the greedy reading and the README read (issue 12)."""
+    assert THRESHOLDS == Thresholds(sdft_min_gap=0.15, calibrated_max_gap=0.05, ece_max_ratio=0.5,
+                                    spr_min_gain=0.2, accuracy_margin=0.03)
+
+
+_STEP = 1e-6  # past a boundary by far more than the 1e-9 tolerance
+
+
+@pytest.mark.parametrize("side", ["at", "past"])
+@pytest.mark.parametrize("check", ["sdft_overconfident", "caopd_calibrated_above", "caopd_calibrated_below",
+                                   "ece_halved", "confidence_informative", "capability_vs_sdft",
+                                   "capability_vs_base"])
+def test_each_check_at_and_just_past_its_boundary(check, side):
+    """Each threshold of :data:`THRESHOLDS` exactly (passes) and ``_STEP`` beyond it (fails), the
+    other checks passing throughout."""
+    t, d = THRESHOLDS, (0.0 if side == "at" else _STEP)
+    metrics, paired = _passing(), _paired()
+    name = check
+    if check == "sdft_overconfident":
+        metrics["sdft"] = _m(0.50, 0.50 + t.sdft_min_gap - d, 0.39, 0.05)
+    elif check.startswith("caopd_calibrated"):
+        sign = 1 if check.endswith("above") else -1
+        metrics["caopd"] = _m(0.60, 0.60 + sign * (t.calibrated_max_gap + d), 0.10, 0.40)
+        name = "caopd_calibrated"
+    elif check == "ece_halved":
+        metrics["caopd"] = _m(0.60, 0.62, t.ece_max_ratio * 0.39 + d, 0.40)
+    elif check == "confidence_informative":
+        metrics["caopd"] = _m(0.60, 0.62, 0.10, 0.05 + t.spr_min_gain - d)
+    else:
+        other = check.rsplit("_", 1)[1]
+        # "above -margin" up to the float tolerance: a low end of exactly -margin passes
+        paired[other] = _pair(0.0, -t.accuracy_margin - d, 0.02)
+        name = "capability_kept"
+    result = _by_name(metrics, paired)
+    assert result[name] is (side == "at"), (check, side)
+    assert all(passed for other, passed in result.items() if other != name)
+
+
 def test_boundaries_are_inclusive():
     metrics = _passing()
     metrics["sdft"] = _m(0.50, 0.65, 0.30, 0.0)      # gap exactly +0.15
@@ -141,15 +186,42 @@ def test_reads_a_run_through_its_index(tmp_path, capsys):
         (index / f"{variant}.json").write_text(json.dumps(
             {"variant": variant, "stages": [], "metrics": f"results/evaluate/{variant}/metrics.json"}))
     assert metrics_from_index(index)["caopd"]["spr"] == 0.40
-    assert main([str(index)]) == 0
+    assert cli_main(["checks", str(index)]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 5 and "caopd - sdft +0.000 [+0.000, +0.000]" in out
     (index / "caopd_b.json").write_text((index / "sdft.json").read_text())  # sdft as "caopd"
-    assert main([str(index), "--caopd", "caopd_b"]) == 1
+    assert cli_main(["checks", str(index), "--caopd", "caopd_b"]) == 1
     assert "FAIL  confidence_informative" in capsys.readouterr().out
     (index / "base.json").unlink()
     with pytest.raises(FileNotFoundError, match="base"):
         metrics_from_index(index)
+
+
+def test_the_compare_rule_writes_what_caopd_checks_prints(tmp_path, capsys):
+    evaluations = {}
+    answers = {"base": np.arange(300) < 150, "sdft": np.arange(300) < 180, "caopd": np.arange(300) < 180}
+    for variant, metrics in _passing().items():
+        evaluations[variant] = tmp_path / "evaluate" / variant
+        evaluations[variant].mkdir(parents=True)
+        (evaluations[variant] / "metrics.json").write_text(json.dumps(metrics))
+        _answers(answers[variant]).to_parquet(evaluations[variant] / "scored.parquet")
+    out = tmp_path / "checks.txt"
+    checks = write_checks({**evaluations, "other": evaluations["base"]}, out)
+    assert [c.name for c in checks] == list(CHECKS) and all(c.passed for c in checks)
+    assert out.read_text() == format_checks(checks)
+    assert out.read_text().splitlines()[0] == (
+        "PASS  sdft_overconfident       gap(sdft) +0.390, 95% CI low +0.350 (need >= +0.15, > 0)")
+    assert write_checks({"caopd": evaluations["caopd"]}, out) is None
+    assert out.read_text() == ("not checked: the paper's checks read the variants base, sdft, caopd; "
+                               "this run has no base, sdft\n")
+    _answers(answers["base"][:-1]).to_parquet(evaluations["base"] / "scored.parquet")  # other questions
+    assert write_checks(evaluations, out) is None
+    assert out.read_text().startswith("not checked: paired accuracy needs the same (prompt_id, sample_index)")
+    (evaluations["sdft"] / "metrics.json").write_text(json.dumps({**_passing()["sdft"], "ci95": {
+        "overconfidence_gap": None}}))  # evaluation.bootstrap: 0
+    with pytest.raises(ChecksUndefined, match="evaluation.bootstrap: 0"):
+        paper_checks({**_passing(), "sdft": json.loads((evaluations["sdft"] / "metrics.json").read_text())},
+                     _paired())
 
 
 def test_expected_confidence_is_reported_but_never_decides():
