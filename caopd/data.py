@@ -56,3 +56,8 @@ def prepare_data(params: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
         if levels:
             summary[f"{split}_levels"] = {str(k): v for k, v in sorted(levels.items())}
     return summary
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``prepare_data`` (the stage contract, :func:`caopd.job.run_stage`)."""
+    return prepare_data(job.params, job.out)

@@ -1,13 +1,15 @@
 """The context every workflow script runs its stage in.
 
-A workflow script is a thin adapter::
+Every stage module exposes ``run(job) -> summary``, taking one :class:`StageJob` (params, seed,
+round, verified inputs by role as the plan names them, output dir, tracker, resources, the
+checkout), and every workflow script is the same three lines::
 
-    from caopd.job import stage_job
-    with stage_job(snakemake) as job:        # verifies inputs, opens the MLflow run, logs to the log file
-        result = prepare_data(job.params, out_dir=job.out)
-        job.result.update(result)            # small summary recorded in manifest.json
-    # on success: spec.json, tracking.json and manifest.json written, the work dir renamed to
-    # results/<stage>/<key>/
+    from caopd.job import run_stage
+    from caopd.data import run
+    run_stage(snakemake, run)   # verifies inputs, opens the MLflow run, logs to the log file,
+                                # records the summary; on success spec.json, tracking.json and
+                                # manifest.json are written and the work dir renamed to
+                                # results/<stage>/<key>/
 
 The same context can be built without Snakemake with :func:`open_job` (tests do).
 
@@ -27,7 +29,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ class StageJob:
     result: dict[str, Any] = field(default_factory=dict)
     upstream_manifests: dict[str, dict] = field(default_factory=dict)
     record: StageRecord | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    root: Path = Path(".")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Metrics of the run: kept in ``tracking.json`` and sent to MLflow when it tracks."""
@@ -159,6 +163,7 @@ def open_job(
     root: str | Path = ".",
     tracking: Mapping[str, Any] | None = None,
     threads: int = 1,
+    resources: Mapping[str, Any] | None = None,
 ) -> Iterator[StageJob]:
     """Run one stage: verify inputs, open tracking, yield the job, publish atomically.
 
@@ -196,6 +201,8 @@ def open_job(
         tracker=tracker,
         upstream_manifests=manifests,
         record=record,
+        resources=dict(resources or {}),
+        root=Path(root),
     )
     log.info("stage %s key %s: start (inputs: %s)", job.stage, key, dict(inputs))
     try:
@@ -256,5 +263,25 @@ def stage_job(smk: Any) -> Iterator[StageJob]:
         root=root,
         tracking=tracking_settings(smk.config),
         threads=smk.threads,
+        resources=dict(smk.resources.items()),
     ) as job:
         yield job
+
+
+def summary_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The floats of a stage's summary: what MLflow records of it as metrics (bools and ints,
+    counts and flags, stay in the manifest only)."""
+    return {k: v for k, v in summary.items() if isinstance(v, float)}
+
+
+def run_stage(smk: Any, run: Callable[[StageJob], Mapping[str, Any]]) -> None:
+    """The stage contract: run a stage module's ``run(job) -> summary`` in :func:`stage_job`.
+
+    Every workflow script is ``run_stage(snakemake, <stage module>.run)``. The summary goes into
+    the manifest (``result``) and its floats into the run's metrics: the one place a stage's
+    summary is logged.
+    """
+    with stage_job(smk) as job:
+        summary = dict(run(job))
+        job.result.update(summary)
+        job.log_metrics(summary_metrics(summary))

@@ -129,3 +129,8 @@ def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, conf
     fig, ax = new_figure()
     accuracy_vs_ece(ax, points)
     save_figure(fig, ece)
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``plots`` (the stage contract, :func:`caopd.job.run_stage`)."""
+    return variant_figures(job.inputs, job.out)

@@ -445,3 +445,12 @@ def run_rewrite(
         for preview in preview_rows(rows, tokenizer):
             fh.write(json.dumps(preview, sort_keys=True, ensure_ascii=False) + "\n")
     return summary
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``rewrite`` (the stage contract, :func:`caopd.job.run_stage`): the tokenizer is the
+    base model's."""
+    from caopd.models.base import model_dir
+
+    return run_rewrite(job.inputs["data"], job.inputs["rollouts"], job.inputs["targets"],
+                       model_dir(job.inputs["tokenizer"]), job.out, job.params["rewrite"])

@@ -295,3 +295,8 @@ def write_targets(per_rollout: pd.DataFrame, per_prompt: pd.DataFrame, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_frame(per_rollout, _rollout_schema(), out_dir / SCORED_ROLLOUTS_FILE)
     write_frame(per_prompt, _prompt_schema(), out_dir / TARGETS_FILE)
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``targets`` (the stage contract, :func:`caopd.job.run_stage`)."""
+    return run_targets(job.inputs["data"], job.inputs["rollouts"], job.out, job.params["task"])

@@ -97,3 +97,11 @@ def summarize_expected(scored: Any, cfg: Mapping[str, Any], *, seed: int, groups
     rows["confidence_valid"] = True
     full = summarize(rows, n_bins=cfg["n_bins"], n_resamples=cfg["bootstrap"], seed=seed, groups=groups[has])
     return {"n": full["n"], **{name: full[name] for name in HEADLINE}, "ci95": full["ci95"]}
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``evaluate`` (the stage contract, :func:`caopd.job.run_stage`); attaches the metrics
+    file to the run."""
+    summary = run_evaluate(job.params, job.inputs, job.out, seed=job.seed)
+    job.log_artifact(job.out / METRICS_FILE)
+    return summary

@@ -156,3 +156,9 @@ def build_base_model(params: Mapping[str, Any], out: str | Path, *, threads: int
     if params["source"] == "tiny":
         return build_tiny(params, out, threads=threads, tracker=tracker)
     return resolve_pretrained(params, out)
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``base_model`` (the stage contract, :func:`caopd.job.run_stage`); the job is the
+    warm-up's tracker."""
+    return build_base_model(job.params, job.out, threads=job.threads, tracker=job)

@@ -140,3 +140,10 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
         engine=cfg["engine"], seed=seed, out=out, threads=threads, engine_options=options,
         expected_confidence=cfg["greedy"] and cfg["expected_confidence"],
     )
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stages ``rollouts`` (a round's training prompts) and ``eval_rollouts`` (a split to
+    evaluate), by ``job.stage`` (the stage contract, :func:`caopd.job.run_stage`)."""
+    sample = evaluation_rollouts if job.stage == "eval_rollouts" else training_rollouts
+    return sample(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads)

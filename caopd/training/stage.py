@@ -79,3 +79,21 @@ def run_distill_stage(
         )
     job.log_curves(read_curves(Path(job.out) / CURVES_FILE))
     return summary
+
+
+def run(job: Any) -> dict[str, Any]:
+    """Stage ``distill`` (the stage contract, :func:`caopd.job.run_stage`). The process layout
+    comes from the rule's resources (``processes``, ``accelerate_config``, ``sharding``,
+    ``gradient_checkpointing``): where and how the job runs, not what it computes, so not in the
+    key (issue 15)."""
+    from caopd.resources import accelerate_path
+
+    res = job.resources
+    return run_distill_stage(
+        job,
+        processes=res["processes"],
+        accelerate_config=accelerate_path(res["accelerate_config"], job.root),
+        sharding=res["sharding"],
+        gradient_checkpointing=bool(res["gradient_checkpointing"]),
+        root=job.root,
+    )

@@ -1,12 +1,11 @@
-"""Rule base_model: resolve or build the starting model (caopd.models.base.build_base_model)."""
+"""Rule base_model: build the base model (tiny: tokenizer, warm-up; else the hub model pinned) (caopd.models.base.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.job import stage_job
-from caopd.models.base import build_base_model
+from caopd.job import run_stage
+from caopd.models.base import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(build_base_model(job.params, job.out, threads=job.threads, tracker=job))
+run_stage(snakemake, run)  # noqa: F821

@@ -1,13 +1,11 @@
-"""Rule eval_rollouts: the final model's answers on the eval split
-(caopd.rollouts.stage.evaluation_rollouts)."""
+"""Rule eval_rollouts: the model's answers to the split it is evaluated on (caopd.rollouts.stage.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.job import stage_job
-from caopd.rollouts.stage import evaluation_rollouts
+from caopd.job import run_stage
+from caopd.rollouts.stage import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(evaluation_rollouts(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads))
+run_stage(snakemake, run)  # noqa: F821

@@ -1,12 +1,11 @@
-"""Rule plots: the per-variant figures (caopd.reporting.variant_figures)."""
+"""Rule plots: one variant's figures (caopd.reporting.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.job import stage_job
-from caopd.reporting import variant_figures
+from caopd.job import run_stage
+from caopd.reporting import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(variant_figures(job.inputs, job.out))
+run_stage(snakemake, run)  # noqa: F821

@@ -1,12 +1,11 @@
-"""Rule prepare_data: write a task's train / val / eval splits (caopd.data.prepare_data)."""
+"""Rule prepare_data: the task's train/val/eval splits (caopd.data.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.data import prepare_data
-from caopd.job import stage_job
+from caopd.job import run_stage
+from caopd.data import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(prepare_data(job.params, job.out))
+run_stage(snakemake, run)  # noqa: F821

@@ -1,22 +1,11 @@
-"""Rule rewrite: token-level training examples, CaOPD or SDFT (caopd.rewrite.run_rewrite)."""
+"""Rule rewrite: token-level training examples, CaOPD or SDFT (caopd.rewrite.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.job import stage_job
-from caopd.models.base import model_dir
-from caopd.rewrite import run_rewrite
+from caopd.job import run_stage
+from caopd.rewrite import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(
-        run_rewrite(
-            job.inputs["data"],
-            job.inputs["rollouts"],
-            job.inputs["targets"],
-            model_dir(job.inputs["tokenizer"]),
-            job.out,
-            job.params["rewrite"],
-        )
-    )
+run_stage(snakemake, run)  # noqa: F821

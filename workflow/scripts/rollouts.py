@@ -1,12 +1,11 @@
-"""Rule rollouts: K samples per prompt of round r's slice (caopd.rollouts.stage.training_rollouts)."""
+"""Rule rollouts: K rollouts per training prompt of round r from the round's student (caopd.rollouts.stage.run)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).resolve().parents[1]))  # noqa: F821 - the checkout
 
-from caopd.job import stage_job
-from caopd.rollouts.stage import training_rollouts
+from caopd.job import run_stage
+from caopd.rollouts.stage import run
 
-with stage_job(snakemake) as job:  # noqa: F821
-    job.result.update(training_rollouts(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads))
+run_stage(snakemake, run)  # noqa: F821
