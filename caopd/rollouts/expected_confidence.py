@@ -2,7 +2,7 @@
 
 Greedy evaluation (the reference's) decodes the stated number digit by digit, taking the most
 likely digit each time: a mode-like reading of the model's confidence distribution, not its
-mean (:mod:`caopd.evaluation.greedy_reading`). CaOPD trains that distribution toward ``P_acc``,
+mean (:mod:`caopd.diagnostics.arith_greedy_reading`). CaOPD trains that distribution toward ``P_acc``,
 a success rate that varies from prompt to prompt; where the targets of similar prompts are
 spread out (0.12 for one sum, 0.88 for the next), the greedy reading can sit far from the mean
 the model has learned. This module measures the mean: for an answer ending in a
