@@ -114,11 +114,20 @@ def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out
         batch_size=cfg["batch_size"],
     )
     options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
-    return sample_rollouts(
+    curriculum = {}
+    if params.get("length_curriculum") is not None:  # issue 18: the rung decided from the input student
+        from dataclasses import replace
+
+        from caopd.training.curriculum import record_metrics, round_curriculum
+
+        record = round_curriculum(params, inputs, out, seed=seed)
+        sampling = replace(sampling, max_new_tokens=record["length"])
+        curriculum = {**record_metrics(record), "curriculum_entropy": record["entropy"]}
+    return {**sample_rollouts(
         data_dir=inputs["data"], model_artifact=inputs["model"], split="train", sampling=sampling,
         engine=cfg["engine"], seed=seed, out=out, start=start, stop=stop, engine_options=options,
         threads=threads,
-    )
+    ), **curriculum}
 
 
 def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,

@@ -18,5 +18,6 @@ with stage_job(snakemake) as job:  # noqa: F821
             model_dir(job.inputs["tokenizer"]),
             job.out,
             job.params["rewrite"],
+            sampled_len=job.params.get("sampled_len", False),  # issue 18: distill.estimator
         )
     )

@@ -10,3 +10,6 @@ from caopd.rollouts.stage import training_rollouts
 
 with stage_job(snakemake) as job:  # noqa: F821
     job.result.update(training_rollouts(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads))
+    curriculum = {k: v for k, v in job.result.items() if k.startswith("curriculum_")}  # issue 18
+    if curriculum:
+        job.log_metrics(curriculum, step=job.round)
