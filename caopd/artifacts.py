@@ -49,6 +49,10 @@ ROLLOUTS_FILE = "rollouts.parquet"
 #: greedy evaluation only; :mod:`caopd.evaluation.stage` reads it
 EXPECTED_FILE = "expected_confidence.parquet"
 
+#: training rollouts under ``distill.length_curriculum`` only: the round's rung, length in force
+#: and the entropy that decided it (:mod:`caopd.training.curriculum`)
+CURRICULUM_FILE = "curriculum.json"
+
 # targets
 SCORED_ROLLOUTS_FILE = "rollouts_scored.parquet"
 TARGETS_FILE = "targets.parquet"
@@ -72,6 +76,10 @@ EXAMPLE_COLUMNS = (
 )
 #: What the distill loop reads of them (:func:`caopd.training.data.load_examples`).
 TRAINING_COLUMNS = EXAMPLE_COLUMNS[:9]
+#: An optional last column of :data:`EXAMPLES_FILE`, written only when a sampled-token
+#: estimator (``distill.estimator``) will read it: how many leading completion ids the student
+#: sampled (the rest the rewrite wrote). Absent otherwise, so the default file is unchanged.
+SAMPLED_LEN = "sampled_len"
 
 # distill
 CURVES_FILE = "curves.parquet"

@@ -26,6 +26,7 @@ __all__ = [
     "cut_completion_ids",
     "rewrite_completion",
     "rewrite_completion_ids",
+    "rewrite_completion_kept",
     "solution_text",
 ]
 
@@ -144,6 +145,16 @@ def rewrite_completion(
         ValueError: ``p_acc`` outside [0, 1] or NaN; the tokenizer has no EOS token;
             ``max_length`` cannot hold the suffix and EOS even with an empty prefix.
     """
+    return rewrite_completion_kept(tokenizer, completion_ids, p_acc, max_length)[:2]
+
+
+def rewrite_completion_kept(
+    tokenizer: Any, completion_ids: Sequence[int], p_acc: float, max_length: int | None = None
+) -> tuple[list[int], bool, int]:
+    """:func:`rewrite_completion` and the length of the kept prefix: ``(ids, shortened, n)``
+    where ``ids[:n]`` are the student's sampled ids and ``ids[n:]`` the suffix and EOS the
+    rewrite wrote (what the sampled-token estimators tell apart, :mod:`caopd.training.estimators`).
+    Raises as :func:`rewrite_completion`."""
     if tokenizer.eos_token_id is None:
         raise ValueError(
             "the tokenizer has no eos_token_id; a rewritten completion must end with EOS"
@@ -151,13 +162,13 @@ def rewrite_completion(
     kept = cut_completion_ids(tokenizer, completion_ids)
     out = _with_suffix(tokenizer, kept, p_acc)
     if max_length is None or len(out) <= max_length:
-        return out, False
+        return out, False, len(kept)
     # the suffix is at most one id longer with its newline: start where it fits with one
     j = min(len(kept), max(0, max_length - (len(out) - len(kept))))
     while True:
         out = _with_suffix(tokenizer, kept[:j], p_acc)
         if len(out) <= max_length:
-            return out, True
+            return out, True, j
         if j == 0:
             raise ValueError(
                 f"rewrite.max_completion_length {max_length} cannot hold the confidence suffix and "

@@ -184,6 +184,12 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
                 "'online' samples from the student in training with the hf engine; use "
                 "engine: hf, or schedule: rounds for vLLM rollouts"
             )
+    if distill and rollouts:
+        from caopd.objective_config import objective_problem  # issue 18
+
+        problem = objective_problem(cfg)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     if distill and distill["rounds"] > 0 and task and task["sizes"]["train"] is None:
         raise ConfigError(
             f"{where}: key 'task.sizes.train' is null but 'distill.rounds' is {distill['rounds']}: "

@@ -39,6 +39,7 @@ HARNESS_CODE: tuple[str, ...] = (
     "caopd/config.py",
     "caopd/hashing.py",
     "caopd/job.py",
+    "caopd/objective_config.py",
     "caopd/plan.py",
     "caopd/resources.py",
     "caopd/sources.py",
@@ -55,6 +56,10 @@ SAMPLING_CODE: tuple[str, ...] = (
     "caopd/parquet.py",
     "caopd/confidence.py",
     "caopd/tasks",
+    # issue 18: the length curriculum's decision in the training rollouts (caopd.rollouts.stage)
+    "caopd/training/__init__.py",
+    "caopd/training/curriculum.py",
+    "caopd/training/entropy.py",
 )
 
 #: Source files (or directories of ``*.py``) each stage runs, relative to the repository root:
@@ -282,6 +287,11 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
             "examples_per_round": [(stop - start) * k for start, stop in slices],
             "rounds": rounds,
         }
+    # issue 18: present only when used, so the default's keys do not move
+    ladder = cfg["distill"].get("length_curriculum")
+    curriculum = {"length_curriculum": ladder} if ladder is not None else {}
+    sampled_len = {"sampled_len": True} if cfg["distill"].get("estimator", "full_vocab") != "full_vocab" else {}
+    previous_roll = None
     for r, (start, stop) in enumerate(slices, start=1):
         if online:  # rollouts, targets and examples are made inside the job, step by step
             distill = _spec(
@@ -303,17 +313,19 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         roll = _spec(
             "rollouts",
             r,
-            {"rollouts": cfg["rollouts"], "round": r, "slice": [start, stop]},
+            {"rollouts": cfg["rollouts"], "round": r, "slice": [start, stop], **curriculum},
             root,
             launch["rollouts"],
             data=data,
             model=student,
+            **({"previous": previous_roll} if curriculum and previous_roll is not None else {}),  # issue 18: its rung
         )
+        previous_roll = roll
         targets = _spec("targets", r, {"task": cfg["task"]["name"], "round": r}, root, data=data, rollouts=roll)
         rewrite = _spec(
             "rewrite",
             r,
-            {"rewrite": cfg["rewrite"], "task": cfg["task"]["name"], "round": r},
+            {"rewrite": cfg["rewrite"], "task": cfg["task"]["name"], "round": r, **sampled_len},
             root,
             data=data,
             rollouts=roll,

@@ -36,9 +36,19 @@ MULTI_PROCESS_TYPES = ("MULTI_GPU",)
 GPU_STAGES = ("rollouts", "distill", "eval_rollouts")
 
 
+#: Keys of the ``distill`` block (issue 18) left out of the key at these values, the schema's
+#: defaults: at them the run computes what it computed before the keys existed, so the default
+#: run keeps its keys, seeds and bytes (tests/test_config.py checks they equal the schema's).
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"estimator": "full_vocab", "vopd_top_k": 0, "length_curriculum": None}
+
+
 def distill_key_params(distill: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``distill`` block without :data:`LAUNCH_KEYS`: what enters the distill key."""
-    return {k: v for k, v in distill.items() if k not in LAUNCH_KEYS}
+    """The ``distill`` block without :data:`LAUNCH_KEYS` and without the
+    :data:`KEY_NEUTRAL_DEFAULTS` keys at their neutral values: what enters the distill key."""
+    return {
+        k: v for k, v in distill.items()
+        if k not in LAUNCH_KEYS and not (k in KEY_NEUTRAL_DEFAULTS and v == KEY_NEUTRAL_DEFAULTS[k])
+    }
 
 
 def accelerate_path(value: str | Path, root: str | Path = ROOT) -> Path:

@@ -38,13 +38,21 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from caopd.artifacts import EXAMPLE_COLUMNS, EXAMPLES_FILE, PREVIEW_FILE, ROLLOUTS_FILE
+from caopd.artifacts import (
+    CURRICULUM_FILE,
+    EXAMPLE_COLUMNS,
+    EXAMPLES_FILE,
+    PREVIEW_FILE,
+    ROLLOUTS_FILE,
+    SAMPLED_LEN,
+)
 from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public functions
     _decode,  # the rollouts' text decoding, for the label count
     confidence_suffix_ids,
     cut_completion_ids,
     rewrite_completion,
     rewrite_completion_ids,
+    rewrite_completion_kept,
     solution_text,
 )
 from caopd.confidence import find_confidence_span
@@ -195,7 +203,9 @@ def build_examples(
         ``student_input_ids`` (student prompt + completion), ``student_prompt_len``,
         ``teacher_input_ids`` (teacher prompt + the SAME completion ids),
         ``teacher_prompt_len``, ``completion_len``, ``p_acc`` (always recorded, also in SDFT),
-        ``stated_confidence`` (NaN if none), ``correct``, ``rewritten`` (= calibration).
+        ``stated_confidence`` (NaN if none), ``correct``, ``rewritten`` (= calibration),
+        ``sampled_len`` (the completion's leading ids the student sampled: all in SDFT, the kept
+        prefix in CaOPD).
         The student prompt is ``example.messages`` with the generation prompt; the teacher
         prompt is :func:`caopd.tasks.prompts.teacher_messages` (``p_acc=None`` in SDFT); both
         go through :func:`caopd.rollouts.prompting.chat_prompt_ids`. In ``correct_solution`` mode the solution is the rollout
@@ -304,11 +314,12 @@ def build_examples(
             if config.calibration:
                 if find_confidence_span(_decode(tokenizer, sampled)) is None:
                     counts["n_without_label"] += 1
-                completion, completion_cut = rewrite_completion(
+                completion, completion_cut, n_sampled = rewrite_completion_kept(
                     tokenizer, sampled, p_acc, config.max_completion_length
                 )
             else:
                 completion, completion_cut = _right_truncate(sampled, config.max_completion_length)
+                n_sampled = len(completion)
             counts["n_truncated_prompt"] += cut
             counts["n_truncated_teacher_prompt"] += teacher_cut
             counts["n_truncated_completion"] += completion_cut
@@ -325,6 +336,7 @@ def build_examples(
                     "stated_confidence": score.stated_confidence,
                     "correct": score.correct,
                     "rewritten": config.calibration,
+                    "sampled_len": n_sampled,  # written only on request (write_examples)
                 }
             )
 
@@ -345,9 +357,10 @@ def build_examples(
 # --- files -------------------------------------------------------------------------------------
 
 
-def _examples_schema() -> pa.Schema:
+def _examples_schema(sampled_len: bool = False) -> pa.Schema:
     import pyarrow as pa
 
+    optional = [pa.field(SAMPLED_LEN, pa.int32(), nullable=False)] if sampled_len else []
     return pa.schema(
         [
             pa.field("prompt_id", pa.string(), nullable=False),
@@ -361,21 +374,25 @@ def _examples_schema() -> pa.Schema:
             pa.field("stated_confidence", pa.float64()),
             pa.field("correct", pa.bool_(), nullable=False),
             pa.field("rewritten", pa.bool_(), nullable=False),
+            *optional,
         ]
     )
 
 
-def write_examples(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def write_examples(rows: Sequence[Mapping[str, Any]], path: str | Path, *, sampled_len: bool = False) -> Path:
     """Write ``rows`` (from :func:`build_examples`) as Parquet, sorted by
-    ``(prompt_id, sample_index)``; NaN ``stated_confidence`` is stored as null."""
+    ``(prompt_id, sample_index)``; NaN ``stated_confidence`` is stored as null. ``sampled_len``:
+    add that column (:data:`caopd.artifacts.SAMPLED_LEN`; the sampled-token estimators read it),
+    else the file holds :data:`EXAMPLE_COLUMNS` only."""
     from caopd.parquet import table_from_columns, write_table
 
     ordered = sorted(rows, key=lambda row: (row["prompt_id"], row["sample_index"]))
-    columns = {name: [row[name] for row in ordered] for name in EXAMPLE_COLUMNS}
+    names = (*EXAMPLE_COLUMNS, SAMPLED_LEN) if sampled_len else EXAMPLE_COLUMNS
+    columns = {name: [row[name] for row in ordered] for name in names}
     columns["stated_confidence"] = [
         None if value != value else value for value in columns["stated_confidence"]
     ]
-    return write_table(table_from_columns(columns, _examples_schema()), path)
+    return write_table(table_from_columns(columns, _examples_schema(sampled_len)), path)
 
 
 def read_examples(path: str | Path) -> list[dict[str, Any]]:
@@ -419,13 +436,19 @@ def run_rewrite(
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     cfg: Mapping[str, Any],
+    *,
+    sampled_len: bool = False,
 ) -> dict[str, Any]:
     """The rewrite stage: build the round's examples and write them to ``out_dir``.
 
     Reads the train split of ``data_dir``, ``rollouts_dir/rollouts.parquet``, the frames of
     :func:`caopd.targets.run_targets` in ``targets_dir`` and the tokenizer at ``tokenizer_dir``
-    (``AutoTokenizer.from_pretrained``); writes ``examples.parquet`` and ``preview.jsonl``;
-    returns the summary of :func:`build_examples`.
+    (``AutoTokenizer.from_pretrained``); writes ``examples.parquet`` (with the ``sampled_len``
+    column when ``sampled_len``) and ``preview.jsonl``; returns the summary of
+    :func:`build_examples`. Rollouts sampled under ``distill.length_curriculum`` carry its
+    record (:data:`~caopd.artifacts.CURRICULUM_FILE`): the completion cap is then lowered with
+    their budget (:func:`caopd.training.curriculum.budgets`; summary key
+    ``curriculum_max_completion_length``).
     """
     from transformers import AutoTokenizer
 
@@ -437,10 +460,18 @@ def run_rewrite(
     examples = read_split(data_dir, "train")
     rollouts = read_rollouts(Path(rollouts_dir) / ROLLOUTS_FILE)
     per_rollout, per_prompt = read_targets(targets_dir)
-    rows, summary = build_examples(examples, rollouts, per_prompt, per_rollout, tokenizer, cfg)
+    cap = {}
+    if (Path(rollouts_dir) / CURRICULUM_FILE).is_file():  # issue 18: the length curriculum's rung
+        from caopd.training.curriculum import budgets, read_record
+
+        record = read_record(rollouts_dir)
+        cap = {"max_completion_length": budgets(record["length"], record["max_new_tokens"],
+                                                cfg["max_completion_length"])[1]}
+    rows, summary = build_examples(examples, rollouts, per_prompt, per_rollout, tokenizer, {**cfg, **cap})
+    summary.update({f"curriculum_{k}": v for k, v in cap.items()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_examples(rows, out_dir / EXAMPLES_FILE)
+    write_examples(rows, out_dir / EXAMPLES_FILE, sampled_len=sampled_len)
     with open(out_dir / PREVIEW_FILE, "w", encoding="utf-8") as fh:
         for preview in preview_rows(rows, tokenizer):
             fh.write(json.dumps(preview, sort_keys=True, ensure_ascii=False) + "\n")
@@ -453,4 +484,5 @@ def run(job: Any) -> dict[str, Any]:
     from caopd.models.base import model_dir
 
     return run_rewrite(job.inputs["data"], job.inputs["rollouts"], job.inputs["targets"],
-                       model_dir(job.inputs["tokenizer"]), job.out, job.params["rewrite"])
+                       model_dir(job.inputs["tokenizer"]), job.out, job.params["rewrite"],
+                       sampled_len=job.params.get("sampled_len", False))  # issue 18: distill.estimator

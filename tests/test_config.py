@@ -201,3 +201,45 @@ def test_vllm_evaluation_needs_no_expected_confidence_and_asks_for_its_gpus():
 def test_training_needs_a_number_of_training_prompts():
     with pytest.raises(ConfigError, match=r"key 'task\.sizes\.train' is null but 'distill\.rounds' is 1"):
         resolve(deep_merge(_raw(), {"task": {"sizes": {"train": None}}}))
+
+
+# --- issue 18: distill.estimator, vopd_top_k, length_curriculum -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"distill": {"estimator": "vopd"}}, r"'distill\.estimator' is 'vopd' but 'distill\.divergence' is 'forward_kl'"),
+        ({"distill": {"estimator": "sampled_token", "divergence": "kl_mix"}}, r"'distill\.divergence' is 'kl_mix'"),
+        ({"distill": {"divergence": "reverse_kl", "estimator": "sampled_token", "vopd_top_k": 4}},
+         r"'distill\.vopd_top_k' is 4 but 'distill\.estimator' is 'sampled_token'"),
+        ({"distill": {"divergence": "reverse_kl", "estimator": "vopd", "vopd_top_k": 600}},
+         r"'model\.tiny\.vocab_size' \(512\)"),
+        ({"distill": {"length_curriculum": {"lengths": [16, 8], "min_entropy": 1.0}}}, "strictly increasing"),
+        ({"distill": {"length_curriculum": {"lengths": [16, 64], "min_entropy": 1.0}}},
+         r"'rollouts\.max_new_tokens' \(40\)"),
+        ({"distill": {"length_curriculum": {"lengths": [16], "min_entropy": 1.0, "n_prompts": 8}},
+          "task": {"sizes": {"val": 4}}}, r"'task\.sizes\.val' \(4\)"),
+        ({"distill": {"length_curriculum": {"lengths": [16]}}}, r"'min_entropy' is a required property"),
+        ({"distill": {"estimator": "rao_blackwell"}}, r"distill\.estimator"),
+    ],
+)
+def test_estimator_and_curriculum_conflicts_are_named(patch, needle):
+    with pytest.raises(ConfigError, match=needle):
+        resolve(deep_merge(_raw(), patch))
+
+
+def test_estimator_and_curriculum_variants_resolve_and_stay_out_of_the_default_key():
+    from caopd.config import load_schema
+    from caopd.resources import KEY_NEUTRAL_DEFAULTS, distill_key_params
+
+    schema = load_schema()["properties"]["distill"]["properties"]
+    assert KEY_NEUTRAL_DEFAULTS == {k: schema[k]["default"] for k in KEY_NEUTRAL_DEFAULTS}
+    cfg = resolve(deep_merge(_raw(), {"variants": {
+        "vopd": {"distill": {"divergence": "reverse_kl", "estimator": "vopd", "vopd_top_k": 16}},
+        "ladder": {"distill": {"length_curriculum": {"lengths": [16, 32, 40], "min_entropy": 0.5}}},
+    }}))["variants"]
+    assert cfg["ladder"]["distill"]["length_curriculum"]["n_prompts"] == 16  # the schema's default
+    assert not set(KEY_NEUTRAL_DEFAULTS) & set(distill_key_params(cfg["caopd"]["distill"]))
+    assert distill_key_params(cfg["vopd"]["distill"])["vopd_top_k"] == 16
+    assert "length_curriculum" in distill_key_params(cfg["ladder"]["distill"])

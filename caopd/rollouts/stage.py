@@ -114,11 +114,20 @@ def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out
         batch_size=cfg["batch_size"],
     )
     options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
-    return sample_rollouts(
+    curriculum = {}
+    if params.get("length_curriculum") is not None:  # issue 18: the rung decided from the input student
+        from dataclasses import replace
+
+        from caopd.training.curriculum import record_metrics, round_curriculum
+
+        record = round_curriculum(params, inputs, out, seed=seed)
+        sampling = replace(sampling, max_new_tokens=record["length"])
+        curriculum = {**record_metrics(record), "curriculum_entropy": record["entropy"]}
+    return {**sample_rollouts(
         data_dir=inputs["data"], model_artifact=inputs["model"], split="train", sampling=sampling,
         engine=cfg["engine"], seed=seed, out=out, start=start, stop=stop, engine_options=options,
         threads=threads,
-    )
+    ), **curriculum}
 
 
 def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
@@ -145,5 +154,10 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
 def run(job: Any) -> dict[str, Any]:
     """Stages ``rollouts`` (a round's training prompts) and ``eval_rollouts`` (a split to
     evaluate), by ``job.stage`` (the stage contract, :func:`caopd.job.run_stage`)."""
-    sample = evaluation_rollouts if job.stage == "eval_rollouts" else training_rollouts
-    return sample(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads)
+    if job.stage == "eval_rollouts":
+        return evaluation_rollouts(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads)
+    summary = training_rollouts(job.params, job.inputs, job.out, seed=job.seed, threads=job.threads)
+    curriculum = {k: v for k, v in summary.items() if k.startswith("curriculum_")}  # issue 18
+    if curriculum:
+        job.log_metrics(curriculum, step=job.round)
+    return summary

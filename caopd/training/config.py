@@ -39,6 +39,10 @@ class DistillConfig:
     checkpoint_every: int
     batching: str = "examples"
     kl_mix_lambda: float | None = None
+    # issue 18: absent from the params at these values (caopd.resources.KEY_NEUTRAL_DEFAULTS)
+    estimator: str = "full_vocab"
+    vopd_top_k: int = 0
+    length_curriculum: Mapping[str, Any] | None = None
     # issue 15: job resources added to the params (caopd.training.layout.with_runtime), not the key
     sharding: str = "none"
     gradient_checkpointing: bool = False
@@ -74,6 +78,9 @@ class DistillConfig:
                      "refresh_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill.{name}={getattr(self, name)} must be >= 1")
+        from caopd.training.estimators import check_estimator  # issue 18
+
+        check_estimator(self.estimator, self.vopd_top_k, self.divergence)
         if self.skip_first_tokens < 0:
             raise ValueError(f"distill.skip_first_tokens={self.skip_first_tokens} must be >= 0")
 

@@ -16,6 +16,10 @@ CURVE_FLOATS = (
     "grad_norm",
 )
 
+#: Float columns written after :data:`CURVE_FLOATS` only when the rows hold them (the online
+#: length curriculum's, :mod:`caopd.training.curriculum`), so the default file is unchanged.
+OPTIONAL_CURVE_FLOATS = ("curriculum_length", "curriculum_entropy")
+
 
 def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     """The curve rows as parquet (fixed column order and types)."""
@@ -23,9 +27,10 @@ def write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
 
     from caopd.parquet import write_table
 
+    optional = [name for name in OPTIONAL_CURVE_FLOATS if rows and name in rows[0]]
     schema = pa.schema(
         [("step", pa.int64()), ("round", pa.int64())]
-        + [(name, pa.float64()) for name in CURVE_FLOATS]
+        + [(name, pa.float64()) for name in (*CURVE_FLOATS, *optional)]
     )
     write_table(pa.Table.from_pylist(rows, schema=schema), path, compression="snappy")
 

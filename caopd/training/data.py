@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caopd.artifacts import TRAINING_COLUMNS
+from caopd.artifacts import SAMPLED_LEN, TRAINING_COLUMNS
 from caopd.training.loss import completion_loss_mask
 
 #: Id written into padded slots. Padding sits after every real token (right padding) and is
@@ -50,6 +50,9 @@ class DistillExample:
         p_acc: the round's empirical accuracy of the example's prompt.
         has_confidence: the sampled completion stated a parseable confidence.
         prompt_id: the prompt the completion was sampled for (its rollout group).
+        sampled_len: how many leading completion ids the student sampled (the rest, CaOPD's
+            ``Confidence:`` suffix and EOS, the rewrite wrote); None when the examples file does
+            not record it (the ``sampled_len`` column, written for the sampled-token estimators).
     """
 
     student_ids: np.ndarray
@@ -58,6 +61,7 @@ class DistillExample:
     p_acc: float
     has_confidence: bool
     prompt_id: str = ""
+    sampled_len: int | None = None
 
 
 def example_from_row(row: Mapping) -> DistillExample:
@@ -80,6 +84,9 @@ def example_from_row(row: Mapping) -> DistillExample:
         raise ValueError(f"{name}: completion_len={c} is negative")
     if c and not np.array_equal(student[-c:], teacher[-c:]):
         raise ValueError(f"{name}: the student's and the teacher's completion ids differ")
+    sampled_len = row.get("sampled_len")
+    if sampled_len is not None and not 0 <= sampled_len <= c:
+        raise ValueError(f"{name}: sampled_len={sampled_len} outside [0, completion_len {c}]")
     confidence = row["stated_confidence"]
     return DistillExample(
         student_ids=student,
@@ -88,22 +95,30 @@ def example_from_row(row: Mapping) -> DistillExample:
         p_acc=float(row["p_acc"]),
         has_confidence=confidence is not None and not math.isnan(confidence),
         prompt_id=str(row["prompt_id"]),
+        sampled_len=None if sampled_len is None else int(sampled_len),
     )
 
 
-def load_examples(path: str | Path) -> list[DistillExample]:
-    """Read ``examples.parquet`` (the rewrite stage's output) in its stored row order.
+def load_examples(path: str | Path, need_sampled_len: bool = False) -> list[DistillExample]:
+    """Read ``examples.parquet`` (the rewrite stage's output) in its stored row order, with its
+    optional ``sampled_len`` column when present.
 
     Raises:
-        ValueError: a missing column, or a row whose lengths or completions do not line up.
+        ValueError: a missing column (``sampled_len`` too when ``need_sampled_len``: the
+            sampled-token estimators need it), or a row whose lengths or completions do not
+            line up.
     """
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    missing = [c for c in TRAINING_COLUMNS if c not in table.column_names]
+    columns = list(TRAINING_COLUMNS) + [SAMPLED_LEN] * (SAMPLED_LEN in table.column_names)
+    missing = [c for c in TRAINING_COLUMNS + (SAMPLED_LEN,) * need_sampled_len
+               if c not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: examples table lacks columns {missing}")
-    return [example_from_row(row) for row in table.select(list(TRAINING_COLUMNS)).to_pylist()]
+        raise ValueError(f"{path}: examples table lacks columns {missing}"
+                         + (" (distill.estimator needs the rewrite to record sampled_len)"
+                            if SAMPLED_LEN in missing else ""))
+    return [example_from_row(row) for row in table.select(columns).to_pylist()]
 
 
 def micro_batches_per_epoch(n_examples: int, batch_size: int) -> int:
@@ -176,6 +191,8 @@ class Batch:
         teacher_positions: Tensor[N] int64, the same tokens' predicting positions in [B·T_t].
         weights: Tensor[N] float32, 1 for loss tokens, 0 for each example's first
             ``skip_first_tokens`` completion tokens (and for every token of a filler batch).
+        tokens, sampled: Tensor[N] int64 / bool, the completion token each position predicts
+            and whether the student sampled it (:func:`completion_targets`).
         p_acc: Tensor[B] float64; has_confidence: Tensor[B] bool.
         real: Tensor[B] bool, False for the filler row of :func:`shard`.
     """
@@ -190,6 +207,8 @@ class Batch:
     p_acc: Tensor
     has_confidence: Tensor
     real: Tensor
+    tokens: Tensor
+    sampled: Tensor
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -227,6 +246,16 @@ def _predicting_positions(
     return targets - 1, keep.flatten()[targets].to(torch.float32)
 
 
+def completion_targets(examples: Sequence[DistillExample]) -> tuple[Tensor, Tensor]:
+    """Per completion position, row by row in completion order (the positions' order): the
+    token it predicts, Tensor[N] int64, and whether the student sampled it (its index below the
+    example's ``sampled_len``; every position when that is None), Tensor[N] bool."""
+    tokens = [torch.from_numpy(ex.student_ids[len(ex.student_ids) - ex.completion_len :]) for ex in examples]
+    sampled = [torch.arange(ex.completion_len) < (ex.completion_len if ex.sampled_len is None else ex.sampled_len)
+               for ex in examples]
+    return torch.cat(tokens).long(), torch.cat(sampled)
+
+
 def collate(examples: Sequence[DistillExample], skip_first_tokens: int, real: bool = True) -> Batch:
     """Right-pad ``examples`` and locate the hidden states predicting their completion tokens.
 
@@ -256,4 +285,5 @@ def collate(examples: Sequence[DistillExample], skip_first_tokens: int, real: bo
         p_acc=torch.tensor([ex.p_acc for ex in examples], dtype=torch.float64),
         has_confidence=torch.tensor([ex.has_confidence for ex in examples]),
         real=torch.full((len(examples),), real),
+        **dict(zip(("tokens", "sampled"), completion_targets(examples))),
     )

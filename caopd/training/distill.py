@@ -194,7 +194,8 @@ def _setup(
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio)
     if layout.lora is None:  # issue 15: a LoRA teacher is the student's own modules
         teacher.to(accelerator.device)
-    objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size)
+    objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size,
+                                 estimator=cfg.estimator, top_k=cfg.vopd_top_k)  # issue 18: vOPD
     prepared = layout.prepare(objective, optimizer, scheduler)  # issue 15: accelerator.prepare
     source = make_source(accelerator, accelerator.unwrap_model(prepared[0]).model)
     start = TrainerState(
@@ -279,13 +280,8 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
         with contextlib.nullcontext() if sync else acc.no_sync(run.objective):
             student_inputs, teacher_inputs = model_inputs(batch)
             t_hidden = run.teacher_states.get(batch_keys[i], teacher_inputs, run.teacher, acc)
-            sum_loss, stats = run.objective(
-                student_inputs,
-                t_hidden,
-                head_weight,
-                head_bias,
-                batch.weights,
-            )
+            sum_loss, stats = run.objective(student_inputs, t_hidden, head_weight, head_bias,
+                                            batch.weights, batch.tokens, batch.sampled)
             acc.backward(normalise_by_tokens(sum_loss, n_tokens, acc.num_processes))
         real = batch.real
         sums += torch.stack(
@@ -322,6 +318,7 @@ def train_step(run: _Run, step_in_round: int) -> dict[str, Any]:
         "mean_p_acc": p_acc / n_ex if n_ex else 0.0,
         "format_adherence": n_conf / n_ex if n_ex else 0.0,
         "grad_norm": float(grad_norm),
+        **run.source.curve_fields(step_in_round),  # issue 18: the length curriculum online
     }
 
 
@@ -471,7 +468,7 @@ def run_distill(
             "examples (schedule 'rounds'); online rounds run caopd.training.online.run_online_distill"
         )
     r, schedule = check_round(params)
-    examples = load_examples(examples_path)
+    examples = load_examples(examples_path, need_sampled_len=cfg.estimator != "full_vocab")
     if not examples:
         raise ValueError(f"{examples_path}: no training examples")
     if schedule["examples_per_round"][r - 1] != len(examples):

@@ -12,6 +12,7 @@ in the forward and only scales them in the backward).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -106,18 +107,29 @@ class FusedDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_entropy):  # type: ignore[override]
-        grads = ctx.grads
-        if grads is None:
-            raise RuntimeError(
-                "FusedDivergence was back-propagated twice: its gradients are made in the forward "
-                "and handed over once (no retain_graph double backward)"
-            )
-        ctx.grads = None  # hand the tensors over: autograd can keep them as .grad without a copy
-        out = []
-        for grad, dtype in zip((grads.hidden, grads.weight, grads.bias), ctx.input_dtypes):
-            if grad is None or grad_loss is None:
-                out.append(None)
-                continue
-            out.append(grad.mul_(grad_loss.to(grad.dtype)).to(dtype))
-        del grads
-        return (*out, None, None, None, None, None)
+        return (*handed_gradients(ctx, grad_loss), None, None, None, None, None)
+
+
+def handed_gradients(ctx: Any, grad_loss: Tensor | None) -> list[Tensor | None]:
+    """The backward of a fused loss: the gradients of student hidden states, head weight and bias
+    that its forward left in ``ctx.grads`` (a :class:`ChunkGrads`), scaled by ``grad_loss`` in
+    place and cast to ``ctx.input_dtypes``; ``ctx.grads`` is dropped so autograd can adopt them.
+
+    Raises:
+        RuntimeError: a second backward through the same graph.
+    """
+    grads = ctx.grads
+    if grads is None:
+        raise RuntimeError(
+            "a fused loss was back-propagated twice: its gradients are made in the forward "
+            "and handed over once (no retain_graph double backward)"
+        )
+    ctx.grads = None  # hand the tensors over: autograd can keep them as .grad without a copy
+    out = []
+    for grad, dtype in zip((grads.hidden, grads.weight, grads.bias), ctx.input_dtypes):
+        if grad is None or grad_loss is None:
+            out.append(None)
+            continue
+        out.append(grad.mul_(grad_loss.to(grad.dtype)).to(dtype))
+    del grads
+    return out

@@ -175,14 +175,25 @@ def divergence_chunk(
             grad = y.sub_(student_term.unsqueeze(1)).mul_(m).mul_(1.0 - beta)
 
     if grad is not None:
-        if not unit_weights:
-            grad.mul_(weights.unsqueeze(1))
-        transform = student.transform
-        if transform.softcap is not None:
-            grad.mul_(transform.derivative_from_output_(x.add_(log_z)))  # x ← z ← f'(y)
-        elif transform.scale != 1.0:
-            grad.mul_(transform.scale)
+        finish_logit_grad_(grad, weights, unit_weights, student.transform, x, log_z)
     return divergence, entropy, grad
+
+
+def finish_logit_grad_(grad: Tensor, weights: Tensor, unit_weights: bool, transform: LogitTransform,
+                       log_p: Tensor, log_z: Tensor) -> Tensor:
+    """In place: ∂/∂z per row → ``w_i ·`` ∂/∂y through the family's transform z = f(y).
+
+    Shapes: grad, log_p Tensor[n, V] (``log_p`` = log p_S, overwritten with z then f'(y) under a
+    soft-cap); weights Tensor[n]; log_z Tensor[n, 1] (the log-normaliser of
+    :func:`_log_softmax_`, so z = log p_S + log_z).
+    """
+    if not unit_weights:
+        grad.mul_(weights.unsqueeze(1))
+    if transform.softcap is not None:
+        grad.mul_(transform.derivative_from_output_(log_p.add_(log_z)))  # log_p ← z ← f'(y)
+    elif transform.scale != 1.0:
+        grad.mul_(transform.scale)
+    return grad
 
 
 def accumulate_chunk_grads(

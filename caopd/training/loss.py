@@ -113,6 +113,38 @@ def chunked_divergence_loss(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
     get_divergence(kind, beta)
+    check_loss_inputs(student_hidden, teacher_hidden, student_head, teacher_head, weights,
+                      student_bias, teacher_bias)
+    dtype = compute_dtype(torch.promote_types(student_hidden.dtype, student_head.dtype))
+    spec = LossSpec(
+        kind=kind,
+        beta=beta,
+        chunk_size=chunk_size,
+        dtype=dtype,
+        student_transform=transform,
+        teacher_transform=transform if teacher_transform is None else teacher_transform,
+    )
+    student = (student_hidden, student_head, student_bias)
+    teacher = (teacher_hidden.detach(), teacher_head.detach(),
+               None if teacher_bias is None else teacher_bias.detach())
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
+        loss, entropy_sum = FusedDivergence.apply(*student, *teacher, weights.detach(), spec)
+    else:
+        loss, entropy_sum, _ = fused_forward(*student, *teacher, weights, spec, (False,) * 3)
+    w = weights.detach().to(dtype)
+    stats = LossStats(
+        divergence_sum=loss.detach(),
+        weight_sum=w.sum(),
+        entropy_sum=entropy_sum.detach(),
+        n_positions=(w != 0).sum(),
+    )
+    return loss, stats
+
+
+def check_loss_inputs(student_hidden: Tensor, teacher_hidden: Tensor, student_head: Tensor,
+                      teacher_head: Tensor, weights: Tensor, student_bias: Tensor | None,
+                      teacher_bias: Tensor | None) -> None:
+    """The shape checks of :func:`chunked_divergence_loss` (its Args); raises ValueError."""
     if student_hidden.dim() != 2 or teacher_hidden.dim() != 2:
         raise ValueError(
             f"student_hidden {tuple(student_hidden.shape)} and teacher_hidden "
@@ -145,31 +177,6 @@ def chunked_divergence_loss(
     for name, bias in (("student_bias", student_bias), ("teacher_bias", teacher_bias)):
         if bias is not None and bias.shape != (vocab,):
             raise ValueError(f"{name} shape {tuple(bias.shape)} must be ({vocab},)")
-
-    dtype = compute_dtype(torch.promote_types(student_hidden.dtype, student_head.dtype))
-    spec = LossSpec(
-        kind=kind,
-        beta=beta,
-        chunk_size=chunk_size,
-        dtype=dtype,
-        student_transform=transform,
-        teacher_transform=transform if teacher_transform is None else teacher_transform,
-    )
-    student = (student_hidden, student_head, student_bias)
-    teacher = (teacher_hidden.detach(), teacher_head.detach(),
-               None if teacher_bias is None else teacher_bias.detach())
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in student):
-        loss, entropy_sum = FusedDivergence.apply(*student, *teacher, weights.detach(), spec)
-    else:
-        loss, entropy_sum, _ = fused_forward(*student, *teacher, weights, spec, (False,) * 3)
-    w = weights.detach().to(dtype)
-    stats = LossStats(
-        divergence_sum=loss.detach(),
-        weight_sum=w.sum(),
-        entropy_sum=entropy_sum.detach(),
-        n_positions=(w != 0).sum(),
-    )
-    return loss, stats
 
 
 def completion_loss_mask(completion_mask: Tensor, skip_first: int) -> Tensor:

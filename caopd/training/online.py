@@ -147,6 +147,8 @@ class OnlineSource:
         seed: the stage seed (data order and rollout seeds).
         records_dir: where the windows are written (``<work_dir>/online``).
         accelerator: the run's accelerator (main process, barriers, autocast).
+        curriculum: a :class:`caopd.training.curriculum.OnlineCurriculum` deciding each window's
+            completion budget (``distill.length_curriculum``), or None.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class OnlineSource:
         seed: int,
         records_dir: Path,
         accelerator: Any,
+        curriculum: Any = None,
     ) -> None:
         from caopd.rewrite import RewriteConfig
         from caopd.rollouts.engine import SamplingConfig
@@ -192,6 +195,9 @@ class OnlineSource:
         self._engine = None
         self._loaded: int | None = None
         self._by_prompt: dict[str, list[DistillExample]] = {}
+        # issue 18: the length curriculum, and the examples' sampled_len for distill.estimator
+        self.curriculum, self._curve = curriculum, {}
+        self.sampled_len = distill.get("estimator", "full_vocab") != "full_vocab"
 
     @property
     def n_steps(self) -> int:
@@ -248,6 +254,8 @@ class OnlineSource:
         for row in read_examples(directory / EXAMPLES_FILE):
             by_prompt.setdefault(row["prompt_id"], []).append(example_from_row(row))
         self._by_prompt, self._loaded = by_prompt, window
+        if self.curriculum is not None:  # issue 18: the window's length and entropy, per step
+            self._curve = self.curriculum.curve_fields(read_json(directory / WINDOW_SUMMARY)["curriculum"])
         if self.window_mix:
             self._window_rows = self._mix_window(window)
 
@@ -263,26 +271,35 @@ class OnlineSource:
         if self._engine is None:
             self._engine = HFEngine.from_model(self.student, self.tokenizer)
         seed = window_seed(self.seed, self.round, window)
+        sampling, rewrite, extra = self.sampling, self.rewrite, {}
+        if self.curriculum is not None:  # issue 18: this window's rung, from window - 1's summary
+            with self.accelerator.autocast():
+                sampling, rewrite, extra["curriculum"] = self.curriculum.window(
+                    window, self.window_dir(window - 1) / WINDOW_SUMMARY, self._engine, sampling, rewrite)
         with self.accelerator.autocast():
-            records = self._engine.generate([(ex.id, ex.messages) for ex in prompts], self.sampling, seed)
+            records = self._engine.generate([(ex.id, ex.messages) for ex in prompts], sampling, seed)
         per_rollout, per_prompt = compute_targets(prompts, records, self.task)
         rows, rewrite_summary = build_examples(
-            prompts, records, per_prompt, per_rollout, self.tokenizer, self.rewrite
+            prompts, records, per_prompt, per_rollout, self.tokenizer, rewrite
         )
         tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         write_rollouts(records, tmp / ROLLOUTS_FILE)
         write_targets(per_rollout, per_prompt, tmp)
-        write_examples(rows, tmp / EXAMPLES_FILE)
+        write_examples(rows, tmp / EXAMPLES_FILE, sampled_len=self.sampled_len)
         write_json(tmp / WINDOW_SUMMARY, {
             "window": window, "round": self.round, "steps": [steps[0], steps[-1]], "seed": seed,
-            "targets": targets_summary(per_rollout, per_prompt), "rewrite": rewrite_summary,
+            "targets": targets_summary(per_rollout, per_prompt), "rewrite": rewrite_summary, **extra,
         })
         os.replace(tmp, directory)
         log.info("online window %d (steps %d-%d): %d rollouts, mean P_acc %.3f, %.1f s",
                  window, steps[0], steps[-1], len(records), float(per_prompt["p_acc"].mean()),
                  time.perf_counter() - began)
+
+    def curve_fields(self, step: int) -> dict[str, float]:
+        """The length curriculum's length in force and entropy of the step's window ({} if off)."""
+        return dict(self._curve)
 
     # --- resume and publication -----------------------------------------------------------------
 
@@ -340,7 +357,10 @@ def online_summary(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     correct = sum(w["targets"]["accuracy"] * w["targets"]["n_rollouts"] for w in windows)
     counts = ("n_without_label", "n_truncated_prompt", "n_truncated_teacher_prompt",
               "n_truncated_completion", "n_fallback", "n_skipped")
+    curriculum = [w["curriculum"] for w in windows if "curriculum" in w]  # issue 18
     return {
+        **({"curriculum_lengths": [c["length"] for c in curriculum],
+            "curriculum_entropies": [c["entropy"] for c in curriculum]} if curriculum else {}),
         "online_windows": len(windows),
         "online_rollouts": n_rollouts,
         "online_accuracy": correct / n_rollouts if n_rollouts else None,
@@ -406,9 +426,14 @@ def run_online_distill(
     records_dir = (Path(work_dir) if work_dir is not None else out) / ONLINE_DIR
     tokenizer = AutoTokenizer.from_pretrained(Path(student_dir))
 
+    from caopd.training.curriculum import OnlineCurriculum  # issue 18
+
+    curriculum = OnlineCurriculum.of_run(params, data_dir, state_dir, seed) if cfg.length_curriculum else None
+
     def make_source(accelerator: Any, student: torch.nn.Module) -> OnlineSource:
         return OnlineSource(prompts=prompts, student=student, tokenizer=tokenizer, params=params,
-                            seed=seed, records_dir=records_dir, accelerator=accelerator)
+                            seed=seed, records_dir=records_dir, accelerator=accelerator,
+                            curriculum=curriculum)
 
     run = _setup(
         params,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caopd.training.data import PAD_ID, Batch, DistillExample
+from caopd.training.data import PAD_ID, Batch, DistillExample, completion_targets
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,8 @@ def _right_pad(sequences: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
 @dataclass(frozen=True)
 class GroupedBatch:
     """One process's micro-batch on shared prefixes: :class:`~caopd.training.data.Batch` with
-    each model's ids replaced by :class:`SharedPrefixInputs` (same ``weights`` and statistics,
-    positions in the same order)."""
+    each model's ids replaced by :class:`SharedPrefixInputs` (same ``weights``, ``tokens``,
+    ``sampled`` and statistics, positions in the same order)."""
 
     student_inputs: SharedPrefixInputs
     teacher_inputs: SharedPrefixInputs
@@ -178,6 +178,8 @@ class GroupedBatch:
     p_acc: Tensor
     has_confidence: Tensor
     real: Tensor
+    tokens: Tensor
+    sampled: Tensor
 
     def to(self, device: torch.device | str) -> GroupedBatch:
         return GroupedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -210,6 +212,7 @@ def collate_groups(examples: Sequence[DistillExample], skip_first_tokens: int, r
         p_acc=torch.tensor([ex.p_acc for ex in examples], dtype=torch.float64),
         has_confidence=torch.tensor([ex.has_confidence for ex in examples]),
         real=torch.full((len(examples),), real),
+        **dict(zip(("tokens", "sampled"), completion_targets(examples))),
     )
 
 

@@ -53,6 +53,10 @@ class StepSource(Protocol):
     def publish(self, out: Path) -> dict[str, Any]:
         """Move the source's own records into the artifact ``out``; a summary for the manifest."""
 
+    def curve_fields(self, step: int) -> dict[str, float]:
+        """Extra float columns of step ``step``'s curve row ({} for none; every step the same
+        names, :data:`caopd.training.curves.OPTIONAL_CURVE_FLOATS`)."""
+
 
 @dataclass
 class FixedExamples:
@@ -85,6 +89,9 @@ class FixedExamples:
         return None
 
     def publish(self, out: Path) -> dict[str, Any]:
+        return {}
+
+    def curve_fields(self, step: int) -> dict[str, float]:
         return {}
 
 
