@@ -54,7 +54,7 @@ def main() -> None:
         "vocab_size": args.vocab, "hidden_size": args.hidden,
         "intermediate_size": args.intermediate, "num_layers": args.layers,
         "num_heads": args.heads, "num_kv_heads": args.kv_heads, "max_positions": 512,
-        "warmup": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "examples": args.examples, "induction_steps": args.induction_steps, "induction_max_steps": warm["induction_max_steps"], "induction_stop_loss": warm["induction_stop_loss"]},
+        "warmup": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "examples": args.examples, "induction_steps": args.induction_steps, "induction_max_steps": warm["induction_max_steps"], "induction_stop_loss": warm["induction_stop_loss"], "induction_lr_warmup": warm["induction_lr_warmup"]},
     }
     out = args.out or Path(tempfile.mkdtemp())
     out.mkdir(parents=True, exist_ok=True)

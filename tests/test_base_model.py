@@ -19,7 +19,7 @@ TINY = {
     "num_heads": 2,
     "num_kv_heads": 1,
     "max_positions": 512,
-    "warmup": {"steps": 3, "batch_size": 4, "lr": 1e-3, "examples": 40, "induction_steps": 2, "induction_max_steps": 4, "induction_stop_loss": 0.5},
+    "warmup": {"steps": 3, "batch_size": 4, "lr": 1e-3, "examples": 40, "induction_steps": 2, "induction_max_steps": 4, "induction_stop_loss": 0.5, "induction_lr_warmup": 2},
 }
 
 
@@ -112,3 +112,32 @@ def test_a_local_model_changed_after_planning_is_refused(tmp_path, tiny_model_di
     (source / "config.json").write_text((source / "config.json").read_text() + "\n")
     with pytest.raises(SourceError, match=r"config\.json: sha256 .* the plan of this key"):
         build_base_model(params, tmp_path / "out", threads=1)
+
+
+def test_copy_task_learning_rate_rises_linearly_then_is_restored():
+    """train_induction's lr_warmup: step s (0-based) runs at (s + 1) / lr_warmup of the base rate
+    up to the base rate; the optimizer leaves the copy task at its base rate."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from caopd.models.base import tiny_config, tokenizer_corpus
+    from caopd.models.tokenizer import train_tokenizer
+    from caopd.models.warmup import train_induction
+
+    tokenizer = train_tokenizer(tokenizer_corpus(0, [1, 2], n=200), TINY["vocab_size"])
+    model = Qwen2ForCausalLM(tiny_config(TINY, tokenizer))
+    seen: list[float] = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    opt = Recording(model.parameters(), lr=0.4)
+    loss, run = train_induction(model, tokenizer, opt, steps=6, length=16, batch_size=2, seed=0, lr_warmup=4)
+    assert run == 6
+    assert len(seen) == 6 and all(abs(a - b) < 1e-12 for a, b in zip(seen, [0.1, 0.2, 0.3, 0.4, 0.4, 0.4]))
+    assert opt.param_groups[0]["lr"] == 0.4
+    seen.clear()
+    train_induction(model, tokenizer, opt, steps=3, length=16, batch_size=2, seed=0, lr_warmup=0)
+    assert seen == [0.4, 0.4, 0.4]

@@ -38,7 +38,7 @@ TINY = {
     "model": {"source": "tiny", "tiny": {
         "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4,
         "num_kv_heads": 2, "max_positions": 256,
-        "warmup": {"steps": 0, "examples": 50, "induction_steps": 0, "induction_max_steps": 0,
+        "warmup": {"steps": 0, "examples": 50, "induction_steps": 0, "induction_max_steps": 0, "induction_lr_warmup": 0,
                    "induction_stop_loss": None}}},
     "rollouts": {"k": 2, "max_new_tokens": 8, "batch_size": 16},
     "rewrite": {"max_completion_length": 16},
