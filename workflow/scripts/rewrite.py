@@ -1,4 +1,5 @@
-"""Rule rewrite: token-level training examples, CaOPD or SDFT (caopd.rewrite.run_rewrite)."""
+"""Rule rewrite: token-level training examples, CaOPD or SDFT (caopd.rewrite.run_rewrite); on the
+teacher's samples (input ``prefixes``) when rollouts.prefix_source is teacher."""
 
 import sys
 from pathlib import Path
@@ -18,5 +19,7 @@ with stage_job(snakemake) as job:  # noqa: F821
             model_dir(job.inputs["tokenizer"]),
             job.out,
             job.params["rewrite"],
+            prefixes_dir=job.inputs.get("prefixes"),
+            task=job.params["task"],
         )
     )
