@@ -10,6 +10,9 @@ An artifact is a directory ``results/<stage>/<key>/``; besides its stage's files
   ``caopd.models.base`` / ``model_dir``;
 - ``rollouts``, ``eval_rollouts``: :data:`ROLLOUTS_FILE` (``caopd.rollouts.files.write_rollouts`` /
   ``read_rollouts``), a greedy evaluation also :data:`EXPECTED_FILE` (``caopd.rollouts.stage``);
+- ``teacher_rollouts`` (``rollouts.prefix_source: teacher``): :data:`ROLLOUTS_FILE` holding the
+  teacher's samples from the teacher prompt (``caopd.rollouts.teacher``; the student's own
+  rollouts of the round stay in its ``rollouts`` artifact);
 - ``targets``: :data:`SCORED_ROLLOUTS_FILE`, :data:`TARGETS_FILE`, by ``caopd.targets.write_targets``
   / ``read_targets``;
 - ``rewrite``: :data:`EXAMPLES_FILE`, :data:`PREVIEW_FILE`, by ``caopd.rewrite.write_examples`` /

@@ -35,6 +35,7 @@ RESERVED_VARIANT_NAMES = frozenset(
         "prepare_data",
         "base_model",
         "rollouts",
+        "teacher_rollouts",
         "targets",
         "rewrite",
         "distill",
@@ -177,6 +178,13 @@ def _check_combinations(cfg: Mapping[str, Any], where: str) -> None:
                 f"{where}: key 'distill.batch_size' × 'distill.grad_accum' ({per_step} examples per "
                 f"optimizer step) must be a multiple of 'rollouts.k' ({rollouts['k']}) when "
                 "'distill.schedule' is 'online': an online step trains whole prompt groups"
+            )
+        if rollouts["prefix_source"] != "student":
+            raise ConfigError(
+                f"{where}: key 'rollouts.prefix_source' is {rollouts['prefix_source']!r} but "
+                "'distill.schedule' is 'online', which samples the student inside the distill job; "
+                "teacher prefixes are sampled by the teacher_rollouts stage of the rounds schedule: "
+                "use schedule: rounds, or prefix_source: student"
             )
         if rollouts["engine"] != "hf":
             raise ConfigError(

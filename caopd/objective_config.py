@@ -24,6 +24,15 @@ def objective_problem(cfg: Mapping[str, Any]) -> str | None:
     if top_k and estimator != "vopd":
         return (f"key 'distill.vopd_top_k' is {top_k} but 'distill.estimator' is {estimator!r}: the "
                 "top-k control variate is vOPD's; set estimator: vopd, or vopd_top_k: 0")
+    prefix = rollouts.get("prefix_source", "student")
+    if estimator != "full_vocab" and prefix != "student":
+        return (f"key 'distill.estimator' is {estimator!r} but 'rollouts.prefix_source' is {prefix!r}: "
+                "the sampled-token estimators need tokens the student sampled (E_q), not the "
+                "teacher's; set prefix_source: student, or estimator: full_vocab")
+    if distill.get("length_curriculum") is not None and prefix != "student":
+        return (f"key 'distill.length_curriculum' is set but 'rollouts.prefix_source' is {prefix!r}: "
+                "the curriculum's rung budgets the student's rollouts, and the teacher_rollouts stage "
+                "does not read it; set prefix_source: student, or length_curriculum: null")
     tiny = cfg.get("model", {}).get("tiny") if cfg.get("model", {}).get("source") == "tiny" else None
     if top_k and tiny and top_k > tiny["vocab_size"]:
         return (f"key 'distill.vopd_top_k' ({top_k}) exceeds the vocabulary "

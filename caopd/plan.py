@@ -95,6 +95,14 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/tasks",
         "workflow/scripts/targets.py",
     ),
+    # rollouts.prefix_source: teacher: the teacher's samples from the teacher prompt
+    "teacher_rollouts": (
+        *HARNESS_CODE,
+        *SAMPLING_CODE,
+        "caopd/completion.py",
+        "caopd/targets.py",
+        "workflow/scripts/teacher_rollouts.py",
+    ),
     "rewrite": (
         *HARNESS_CODE,
         "caopd/rewrite.py",
@@ -152,6 +160,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
 }
 
 STAGES: tuple[str, ...] = tuple(STAGE_CODE)
+
+#: The ``rewrite`` keys that shape the teacher prompt (:func:`caopd.rollouts.teacher.teacher_chat`):
+#: with ``rollouts``, ``round`` and ``slice`` the params of stage ``teacher_rollouts``.
+TEACHER_PROMPT_KEYS = ("calibration", "teacher_mode", "fallback")
 
 #: Source files of the ``compare`` rule. Its outputs sit at fixed paths (``results/compare/``),
 #: not under a key, and Snakemake's code trigger hashes only the rule's own script; the rule takes
@@ -257,7 +269,8 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
     from caopd.resources import distill_key_params, stage_launch
 
     root = Path(root)
-    launch = {stage: stage_launch(stage, cfg, root) for stage in ("rollouts", "distill", "eval_rollouts")}
+    launch = {stage: stage_launch(stage, cfg, root) for stage in ("rollouts", "teacher_rollouts", "distill",
+                                                                   "eval_rollouts")}
     distill_params = distill_key_params(cfg["distill"])
     lora = {"lora": cfg["model"]["lora"]} if cfg["model"].get("lora") is not None else {}  # issue 15
     task = dict(cfg["task"])
@@ -273,6 +286,10 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
 
     stages = [data, base]
     student = base
+    # prefix_source picks the completions the rewrite trains on; the student's rollouts do not
+    # depend on it (shared by both sources), and it is a key of no stage when it is the default
+    sampling = {key: value for key, value in cfg["rollouts"].items() if key != "prefix_source"}
+    teacher_prefix = cfg["rollouts"]["prefix_source"] == "teacher"
     rounds = cfg["distill"]["rounds"]
     n_train = cfg["task"]["sizes"]["train"]
     k = cfg["rollouts"]["k"]
@@ -299,7 +316,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
                 r,
                 {
                     "distill": distill_params, "round": r, "schedule": schedule, "slice": [start, stop],
-                    "rollouts": cfg["rollouts"], "rewrite": cfg["rewrite"], "task": cfg["task"]["name"],
+                    "rollouts": sampling, "rewrite": cfg["rewrite"], "task": cfg["task"]["name"],
                     **lora,
                 },
                 root,
@@ -313,7 +330,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         roll = _spec(
             "rollouts",
             r,
-            {"rollouts": cfg["rollouts"], "round": r, "slice": [start, stop], **curriculum},
+            {"rollouts": sampling, "round": r, "slice": [start, stop], **curriculum},
             root,
             launch["rollouts"],
             data=data,
@@ -322,15 +339,25 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         )
         previous_roll = roll
         targets = _spec("targets", r, {"task": cfg["task"]["name"], "round": r}, root, data=data, rollouts=roll)
+        rewrite_params = {"rewrite": cfg["rewrite"], "task": cfg["task"]["name"], "round": r, **sampled_len}
+        prefixes = {}
+        if teacher_prefix:  # caopd.rollouts.teacher: the teacher's samples; P_acc from `targets`
+            prompt = {key: cfg["rewrite"][key] for key in TEACHER_PROMPT_KEYS}
+            prefixes["prefixes"] = _spec(
+                "teacher_rollouts", r, {"rollouts": sampling, "rewrite": prompt, "round": r, "slice": [start, stop]},
+                root, launch["teacher_rollouts"], data=data, model=student, rollouts=roll, targets=targets,
+            )
+            rewrite_params["prefix_source"] = "teacher"
         rewrite = _spec(
             "rewrite",
             r,
-            {"rewrite": cfg["rewrite"], "task": cfg["task"]["name"], "round": r, **sampled_len},
+            rewrite_params,
             root,
             data=data,
             rollouts=roll,
             targets=targets,
             tokenizer=base,
+            **prefixes,
         )
         distill = _spec(
             "distill",
@@ -341,7 +368,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
             examples=rewrite,
             student=student,
         )
-        stages += [roll, targets, rewrite, distill]
+        stages += [roll, targets, *prefixes.values(), rewrite, distill]
         student = distill
 
     generation = {key: cfg["evaluation"][key] for key in (

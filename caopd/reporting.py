@@ -123,10 +123,11 @@ def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, conf
             expected_points.append({"variant": f"{variant} (expected)", "ci95": expected.get("ci95") or {},
                                     "hollow": True,
                                     **{k: expected[k] for k in ("accuracy", "mean_confidence", "ece")}})
-    fig, ax = new_figure(figsize=(6.5, 4.0))  # room for the legend beside the square axes
+    # room for the legend beside the square axes, one line per point (26 for a 13-variant grid)
+    fig, ax = new_figure(figsize=(6.5, max(4.0, 0.8 + 0.15 * len(points + expected_points))))
     accuracy_vs_confidence(ax, points + expected_points)
     save_figure(fig, confidence)
-    fig, ax = new_figure()
+    fig, ax = new_figure(figsize=(6.5, 4.0))  # the legend beside the axes, as above
     accuracy_vs_ece(ax, points)
     save_figure(fig, ece)
 

@@ -7,7 +7,8 @@ a key: how a job is laid out on its allocation reruns nothing.
 
 - ``distill``: ``distill.processes`` processes, one per GPU, ``THREADS_PER_PROCESS`` threads
   each; no GPU when the accelerate config says ``use_cpu: true`` (gloo processes on CPU).
-- ``rollouts``: ``rollouts.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
+- ``rollouts``, ``teacher_rollouts``: ``rollouts.tensor_parallel_size`` GPUs with vLLM, one with
+  the HF engine.
 - ``eval_rollouts``: ``evaluation.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
 
 Imported by the Snakefile: no torch, no accelerate, no mlflow.
@@ -33,7 +34,7 @@ THREADS_PER_PROCESS = 8
 #: several processes (every process holds the whole student: DDP).
 MULTI_PROCESS_TYPES = ("MULTI_GPU",)
 #: The stages whose jobs ask for GPUs.
-GPU_STAGES = ("rollouts", "distill", "eval_rollouts")
+GPU_STAGES = ("rollouts", "teacher_rollouts", "distill", "eval_rollouts")
 
 
 #: Keys of the ``distill`` block (issue 18) left out of the key at these values, the schema's
@@ -112,11 +113,11 @@ def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) ->
     """What the job of ``stage`` asks for under the resolved variant config ``cfg``.
 
     Returns:
-        ``{}`` for CPU stages; ``{"gpus": n}`` for rollouts and eval_rollouts; for distill also
+        ``{}`` for CPU stages; ``{"gpus": n}`` for (teacher_)rollouts and eval_rollouts; for distill also
         ``processes``, ``threads``, ``accelerate_config``, ``sharding`` and
         ``gradient_checkpointing`` (0/1) (as configured).
     """
-    if stage == "rollouts":
+    if stage in ("rollouts", "teacher_rollouts"):
         rollouts = cfg["rollouts"]
         return {"gpus": rollouts["tensor_parallel_size"] if rollouts["engine"] == "vllm" else 1}
     if stage == "eval_rollouts":

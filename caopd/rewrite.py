@@ -17,6 +17,11 @@ in three places:
 With ``calibration: false`` (plain SDFT) the completion is the sampled ids untouched, EOS
 included, and the teacher shows ``Confidence: 1.00`` with no note.
 
+The completions are the student's rollouts (``rollouts.prefix_source: student``) or, with
+``prefix_source: teacher``, the teacher's samples from its own prompt (the ``prefixes`` input,
+:mod:`caopd.rollouts.teacher`): one example per teacher sample, rewritten the same way, while
+P_acc still comes from the student's rollouts (their targets).
+
 The teacher sees the student's completion after its own (privileged) prompt: the SAME completion
 ids follow both prompts. Prompts are truncated from the left to their own limits
 (``max_prompt_length`` for the student, ``max_teacher_prompt_length`` for the teacher: the
@@ -57,8 +62,8 @@ from caopd.completion import (  # noqa: F401 - re-exported: the rewrite's public
 )
 from caopd.confidence import find_confidence_span
 from caopd.rollouts.prompting import chat_prompt_ids
+from caopd.rollouts.teacher import teacher_chat, teacher_samples
 from caopd.tasks.base import TaskExample
-from caopd.tasks.prompts import teacher_messages
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -186,6 +191,8 @@ def build_examples(
     targets_per_rollout: pd.DataFrame,
     tokenizer: Any,
     cfg: Mapping[str, Any] | RewriteConfig,
+    prefixes: Sequence[RolloutRecord] | None = None,
+    prefix_scores: pd.DataFrame | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The training examples of one round, one per rollout (module docstring).
 
@@ -197,6 +204,14 @@ def build_examples(
             ``correct`` and ``stated_confidence`` per rollout).
         tokenizer: the student's tokenizer (chat template, EOS).
         cfg: the ``rewrite`` config subtree or a :class:`RewriteConfig`.
+        prefixes: ``rollouts.prefix_source: teacher``: the teacher's samples of the round
+            (:mod:`caopd.rollouts.teacher`); the examples are built on them, one per teacher
+            sample, instead of on ``rollouts``, whose targets still give P_acc (the student's
+            success rate) and the correct_solution teacher's solution. Each sample's
+            ``prompt_token_ids`` must be the teacher prompt built here.
+        prefix_scores: with ``prefixes``: their per-rollout frame of
+            :func:`caopd.targets.compute_targets` (``correct``, ``stated_confidence`` of the
+            teacher samples, recorded in their examples).
 
     Returns:
         ``(rows, summary)``. ``rows`` sorted by ``(prompt_id, sample_index)``, each with
@@ -226,6 +241,8 @@ def build_examples(
             student prompt rendered here (each named), duplicates, or a bad config.
     """
     config = cfg if isinstance(cfg, RewriteConfig) else RewriteConfig.from_mapping(cfg)
+    if (prefixes is None) != (prefix_scores is None):
+        raise ValueError("build_examples: prefixes and prefix_scores go together (teacher prefixes)")
     by_id: dict[str, TaskExample] = {}
     for example in examples:
         if example.id in by_id:
@@ -233,6 +250,12 @@ def build_examples(
         by_id[example.id] = example
     p_acc_of, scored = _index_targets(targets_per_prompt, targets_per_rollout)
     groups = _group_rollouts(rollouts)
+    if prefixes is not None:
+        prefix_groups = _group_rollouts(prefixes)
+        prefix_scored = _index_targets(targets_per_prompt, prefix_scores)[1]
+        unknown = sorted(set(prefix_groups) - set(groups))
+        if unknown:
+            raise ValueError(f"teacher-prefix rollouts of prompt_id {unknown[0]!r} have no student rollouts")
 
     rows: list[dict[str, Any]] = []
     counts = dict.fromkeys(
@@ -278,31 +301,17 @@ def build_examples(
                     "rollouts were sampled with another tokenizer, template or data"
                 )
 
-        solution = None
-        if config.teacher_mode == "correct_solution":
-            solution = next(
-                (
-                    text
-                    for record, score in zip(group, group_scores)
-                    if score.correct and (text := solution_text(record.text))
-                ),
-                None,
-            )
-            if solution is None:
-                if config.fallback == "skip":
-                    counts["n_skipped"] += 1
-                    continue
-                counts["n_fallback"] += 1
-                solution = example.demonstration
-        teacher_prompt = chat_prompt_ids(
-            tokenizer,
-            teacher_messages(
-                example,
-                mode=config.teacher_mode,
-                p_acc=p_acc if config.calibration else None,
-                solution=solution,
-            ),
+        messages, how = teacher_chat(
+            example, group, [score.correct for score in group_scores], mode=config.teacher_mode,
+            fallback=config.fallback, p_acc=p_acc if config.calibration else None,
         )
+        if how == "skipped":
+            counts["n_skipped"] += 1
+            continue
+        counts["n_fallback"] += how == "fallback"
+        teacher_prompt = chat_prompt_ids(tokenizer, messages)
+        if prefixes is not None:  # the teacher's samples are the completions (module docstring)
+            group, group_scores = teacher_samples(prompt_id, prefix_groups, prefix_scored, teacher_prompt)
 
         student_prompt_kept, cut = _left_truncate(student_prompt, config.max_prompt_length)
         teacher_prompt_kept, teacher_cut = _left_truncate(
@@ -351,6 +360,11 @@ def build_examples(
         "teacher_mode": config.teacher_mode,
         "fallback": config.fallback,
     }
+    if prefixes is not None:
+        summary["prefix_source"] = "teacher"
+        summary["share_prefixes_correct"] = (
+            sum(row["correct"] for row in rows) / len(rows) if rows else None
+        )
     return rows, summary
 
 
@@ -436,6 +450,8 @@ def run_rewrite(
     tokenizer_dir: str | Path,
     out_dir: str | Path,
     cfg: Mapping[str, Any],
+    prefixes_dir: str | Path | None = None,
+    task: str | None = None,
     *,
     sampled_len: bool = False,
 ) -> dict[str, Any]:
@@ -445,10 +461,11 @@ def run_rewrite(
     :func:`caopd.targets.run_targets` in ``targets_dir`` and the tokenizer at ``tokenizer_dir``
     (``AutoTokenizer.from_pretrained``); writes ``examples.parquet`` (with the ``sampled_len``
     column when ``sampled_len``) and ``preview.jsonl``; returns the summary of
-    :func:`build_examples`. Rollouts sampled under ``distill.length_curriculum`` carry its
-    record (:data:`~caopd.artifacts.CURRICULUM_FILE`): the completion cap is then lowered with
-    their budget (:func:`caopd.training.curriculum.budgets`; summary key
-    ``curriculum_max_completion_length``).
+    :func:`build_examples`. With ``prefixes_dir`` (a teacher_rollouts artifact) the examples are
+    built on its samples, verified here with ``task``'s verifier. Rollouts sampled under
+    ``distill.length_curriculum`` carry its record (:data:`~caopd.artifacts.CURRICULUM_FILE`):
+    the completion cap is then lowered with their budget
+    (:func:`caopd.training.curriculum.budgets`; summary key ``curriculum_max_completion_length``).
     """
     from transformers import AutoTokenizer
 
@@ -467,7 +484,17 @@ def run_rewrite(
         record = read_record(rollouts_dir)
         cap = {"max_completion_length": budgets(record["length"], record["max_new_tokens"],
                                                 cfg["max_completion_length"])[1]}
-    rows, summary = build_examples(examples, rollouts, per_prompt, per_rollout, tokenizer, {**cfg, **cap})
+    prefixes = prefix_scores = None
+    if prefixes_dir is not None:
+        from caopd.targets import compute_targets
+
+        if task is None:
+            raise ValueError("run_rewrite: teacher prefixes need the task (its verifier scores them)")
+        prefixes = read_rollouts(Path(prefixes_dir) / ROLLOUTS_FILE)
+        prefix_scores = compute_targets(examples, prefixes, task)[0]
+    rows, summary = build_examples(
+        examples, rollouts, per_prompt, per_rollout, tokenizer, {**cfg, **cap}, prefixes, prefix_scores
+    )
     summary.update({f"curriculum_{k}": v for k, v in cap.items()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -485,4 +512,5 @@ def run(job: Any) -> dict[str, Any]:
 
     return run_rewrite(job.inputs["data"], job.inputs["rollouts"], job.inputs["targets"],
                        model_dir(job.inputs["tokenizer"]), job.out, job.params["rewrite"],
-                       sampled_len=job.params.get("sampled_len", False))  # issue 18: distill.estimator
+                       prefixes_dir=job.inputs.get("prefixes"), task=job.params["task"],
+                       sampled_len=job.params.get("sampled_len", False))  # issue 18

@@ -222,6 +222,10 @@ def test_training_needs_a_number_of_training_prompts():
           "task": {"sizes": {"val": 4}}}, r"'task\.sizes\.val' \(4\)"),
         ({"distill": {"length_curriculum": {"lengths": [16]}}}, r"'min_entropy' is a required property"),
         ({"distill": {"estimator": "rao_blackwell"}}, r"distill\.estimator"),
+        ({"distill": {"divergence": "reverse_kl", "estimator": "vopd"}, "rollouts": {"prefix_source": "teacher"}},
+         r"'distill\.estimator' is 'vopd' but 'rollouts\.prefix_source' is 'teacher'"),
+        ({"distill": {"length_curriculum": {"lengths": [16], "min_entropy": 1.0}}, "rollouts": {"prefix_source": "teacher"}},
+         r"'distill\.length_curriculum' is set but 'rollouts\.prefix_source' is 'teacher'"),
     ],
 )
 def test_estimator_and_curriculum_conflicts_are_named(patch, needle):

@@ -110,8 +110,9 @@ def _dry_run_jobs(output: str) -> list[dict]:
 @pytest.mark.parametrize(
     ("distill", "rollouts", "want"),
     [
-        ({"processes": 8, "accelerate_config": "config/accelerate/ddp.yaml"}, {"engine": "vllm", "tensor_parallel_size": 4},
-         {"distill": ("8", 64), "rollouts": ("4", 8), "eval_rollouts": ("1", 8)}),
+        ({"processes": 8, "accelerate_config": "config/accelerate/ddp.yaml"},
+         {"engine": "vllm", "tensor_parallel_size": 4, "prefix_source": "teacher"},
+         {"distill": ("8", 64), "rollouts": ("4", 8), "teacher_rollouts": ("4", 8), "eval_rollouts": ("1", 8)}),
         ({}, {}, {"distill": ("0", 16), "rollouts": ("1", 8), "eval_rollouts": ("1", 8)}),
     ],
     ids=["8-gpu-ddp-and-vllm-tp4", "2-cpu-processes"],

@@ -17,6 +17,7 @@ from caopd.evaluation.plots import (
     reliability_diagram,
     save_figure,
     training_curves,
+    variant_styles,
 )
 
 CORRECT = np.array([1, 0, 1, 1, 0])
@@ -65,6 +66,18 @@ def test_accuracy_vs_confidence():
     assert _legend_labels(ax) == ["perfect calibration", "base", "caopd"]
     assert len(ax.texts) == 0  # the legend names the points: labels beside them would overlap
     assert ax.get_xlabel() == "mean confidence" and ax.get_ylabel() == "accuracy"
+
+
+def test_a_grid_of_variants_gets_distinct_styles_and_an_expected_point_its_variants_colour():
+    names = [f"v{i}" for i in range(23)]  # more than tab20's colours: the marker changes
+    styles = variant_styles(names)
+    assert len(set(styles.values())) == 23 and styles["v0"][1] == "o" and styles["v20"][1] == "s"
+    fig, ax = new_figure()
+    points = [{**POINTS[0], "variant": name} for name in names[:13]]
+    accuracy_vs_confidence(ax, points + [{**POINTS[1], "variant": "v3 (expected)", "hollow": True}])
+    colours = {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+    assert len({tuple(colours[n]) for n in names[:13]}) == 13
+    assert tuple(colours["v3 (expected)"]) == tuple(colours["v3"])
 
 
 def test_accuracy_vs_ece():

@@ -74,3 +74,39 @@ def test_a_workflow_config_resolves_as_its_header_runs_it(path):
 def test_an_accelerate_file_names_its_distribution(path):
     settings = read_accelerate_config(path)
     assert "distributed_type" in settings, f"{path}: no distributed_type"
+
+
+#: config/ablations/kl_trajectory.yaml: variant -> (prefix source, divergence, calibration)
+KL_TRAJECTORY = {
+    f"{quadrant}_{cal}": (prefix, divergence, cal == "caopd")
+    for quadrant, prefix, divergence in (
+        ("sft", "teacher", "forward_kl"), ("dagger", "student", "forward_kl"),
+        ("offline_rl", "teacher", "reverse_kl"), ("opd", "student", "reverse_kl"),
+        ("kl_mix", "student", "kl_mix"),
+    )
+    for cal in ("caopd", "plain")
+}
+
+
+def test_the_kl_trajectory_grid_has_its_ten_variants_and_shares_what_it_can():
+    from collections import Counter
+
+    from caopd.plan import build_plan
+
+    resolved = resolve(deep_merge(*(yaml.safe_load((CONFIG / name).read_text()) for name in ("config.yaml", "ablations/kl_trajectory.yaml"))))
+    variants = resolved["variants"]
+    got = {
+        name: (cfg["rollouts"]["prefix_source"], cfg["distill"]["divergence"], cfg["rewrite"]["calibration"])
+        for name, cfg in variants.items() if name in KL_TRAJECTORY
+    }
+    assert got == KL_TRAJECTORY
+    assert {variants[f"kl_mix_{c}"]["distill"]["kl_mix_lambda"] for c in ("caopd", "plain")} == {0.5}
+    plan = build_plan(resolved, ROOT)
+    jobs = Counter(stage for stage, _ in plan.by_key)
+    # one student sampling for all; teacher samples with and without calibration; student and
+    # teacher examples with and without; the ten objectives (dagger_* are caopd / sdft) and base
+    assert jobs == {"prepare_data": 1, "base_model": 1, "rollouts": 1, "targets": 1, "teacher_rollouts": 2,
+                    "rewrite": 4, "distill": 10, "eval_rollouts": 11, "evaluate": 11, "plots": 11}
+    keys = {name: {s.stage: s.key for s in vplan.stages} for name, vplan in plan.variants.items()}
+    assert keys["dagger_caopd"] == keys["caopd"] and keys["dagger_plain"] == keys["sdft"]
+    assert keys["sft_caopd"]["teacher_rollouts"] == keys["offline_rl_caopd"]["teacher_rollouts"]

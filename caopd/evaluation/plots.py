@@ -146,18 +146,38 @@ def _ci_error(point: Mapping[str, Any], metric: str) -> tuple[float, float] | No
     return max(value - float(ci[0]), 0.0), max(float(ci[1]) - value, 0.0)
 
 
+#: Marker shapes, one per block of colours: variant i gets colour i mod N and shape i // N.
+_MARKERS = "osD^vP*Xph"
+
+
+def variant_styles(names: Sequence[str]) -> dict[str, tuple[tuple[float, ...], str]]:
+    """``{name: (RGBA colour, marker)}``, distinct for every name, in order: tab10's colours with
+    circles for up to 10 names (matplotlib's default cycle), tab20's for more (an ablation grid,
+    e.g. config/ablations/kl_trajectory.yaml's 13), then the next marker shape per block."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    n = cmap.N
+    return {name: (cmap(i % n), _MARKERS[(i // n) % len(_MARKERS)]) for i, name in enumerate(names)}
+
+
 def _scatter_points(ax: Axes, points: Sequence[Mapping[str, Any]], x: str, y: str) -> None:
     """One errorbar series per point, named in the legend by its variant, CIs where given. A
-    point with ``"hollow": True`` is drawn as an open marker. No text beside the points: variants
-    of similar accuracy and confidence (the default's nine) would write over each other."""
+    point with ``"hollow": True`` is drawn as an open marker in the colour of the variant it reads
+    again (``"<variant> (expected)"``). No text beside the points: variants of similar accuracy
+    and confidence would write over each other; colour and marker tell them apart."""
+    base = [str(p["variant"]) for p in points if not p.get("hollow")]
+    styles = variant_styles(base or [str(p["variant"]) for p in points])
     for point in points:
+        name = str(point["variant"])
+        color, marker = styles.get(name.removesuffix(" (expected)"), styles.get(name, (None, "o")))
         xerr = _ci_error(point, x)
         yerr = _ci_error(point, y)
         ax.errorbar(
             [float(point[x])], [float(point[y])],
             xerr=None if xerr is None else [[xerr[0]], [xerr[1]]],
             yerr=None if yerr is None else [[yerr[0]], [yerr[1]]],
-            fmt="o", capsize=3, label=str(point["variant"]), mfc="none" if point.get("hollow") else None,
+            fmt=marker, color=color, capsize=3, label=name, mfc="none" if point.get("hollow") else None,
         )
 
 
@@ -190,7 +210,7 @@ def accuracy_vs_ece(ax: Axes, points: Sequence[Mapping[str, Any]]) -> Axes:
     ax.set_xlabel("ECE")
     ax.set_ylabel("accuracy")
     ax.set_title("accuracy vs ECE")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return ax
 
 

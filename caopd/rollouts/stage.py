@@ -20,9 +20,8 @@ from caopd.artifacts import EXPECTED_FILE, ROLLOUTS_FILE
 from caopd.data import read_split
 from caopd.models.base import model_dir
 from caopd.parquet import write_table
-from caopd.rollouts.engine import RolloutRecord, SamplingConfig, make_engine
+from caopd.rollouts.engine import Prompt, RolloutRecord, SamplingConfig, make_engine
 from caopd.rollouts.files import write_rollouts
-
 
 
 def sample_rollouts(
@@ -45,13 +44,34 @@ def sample_rollouts(
     With ``expected_confidence`` (HF engine only) also write each answer's expected stated
     confidence to :data:`EXPECTED_FILE`.
     """
-    import torch
-
-    torch.set_num_threads(max(1, threads))
     examples = read_split(data_dir, split)[start:stop]
     if not examples:
         raise ValueError(f"{data_dir}/{split}.jsonl has no prompts in [{start}, {stop})")
-    prompts = [(ex.id, ex.messages) for ex in examples]
+    return sample_prompts(
+        [(ex.id, ex.messages) for ex in examples], model_artifact=model_artifact, sampling=sampling,
+        engine=engine, seed=seed, out=out, engine_options=engine_options, threads=threads,
+        expected_confidence=expected_confidence, split=split,
+    )
+
+
+def sample_prompts(
+    prompts: Sequence[Prompt],
+    *,
+    model_artifact: str | Path,
+    sampling: SamplingConfig,
+    engine: str,
+    seed: int,
+    out: str | Path,
+    engine_options: Mapping[str, Any] | None = None,
+    threads: int = 1,
+    expected_confidence: bool = False,
+    split: str = "train",
+) -> dict[str, Any]:
+    """Sample ``sampling.n`` completions of each ``(prompt_id, messages)`` from the model of
+    ``model_artifact`` and write them to :data:`ROLLOUTS_FILE` in ``out``; the summary."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
     eng = make_engine(engine, str(model_dir(model_artifact)), **dict(engine_options or {}))
     began = time.perf_counter()
     records = eng.generate(prompts, sampling, seed)
@@ -64,7 +84,9 @@ def sample_rollouts(
         "n_prompts": len(prompts),
         "n_rollouts": len(records),
         "n_completion_tokens": n_tokens,
-        "share_length_capped": sum(r.finish_reason == "length" for r in records) / len(records),
+        "share_length_capped": (
+            sum(r.finish_reason == "length" for r in records) / len(records) if records else None
+        ),
         "seconds": round(seconds, 3),
         "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
         **extra,
@@ -101,11 +123,9 @@ def write_expected_confidence(eng: Any, records: Sequence[RolloutRecord], batch_
     }
 
 
-def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
-                      threads: int = 1) -> dict[str, Any]:
-    """Rollouts(r): K samples per prompt of the round's slice from the current student."""
-    cfg = params["rollouts"]
-    start, stop = params["slice"]
+def training_sampling(cfg: Mapping[str, Any]) -> tuple[SamplingConfig, dict[str, Any]]:
+    """The ``rollouts`` config subtree as ``(SamplingConfig, engine options)``: K samples at
+    ``rollouts.temperature`` and ``top_p``; vLLM's tensor parallelism."""
     sampling = SamplingConfig(
         n=cfg["k"],
         temperature=cfg["temperature"],
@@ -114,6 +134,18 @@ def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out
         batch_size=cfg["batch_size"],
     )
     options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
+    return sampling, options
+
+
+def training_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], out: Path, *, seed: int,
+                      threads: int = 1) -> dict[str, Any]:
+    """Rollouts(r): K samples per prompt of the round's slice from the current student, from its
+    own prompt (the teacher's samples of a ``prefix_source: teacher`` round:
+    :mod:`caopd.rollouts.teacher`); under ``distill.length_curriculum`` at the budget of the rung
+    decided from the input student."""
+    cfg = params["rollouts"]
+    start, stop = params["slice"]
+    sampling, options = training_sampling(cfg)
     curriculum = {}
     if params.get("length_curriculum") is not None:  # issue 18: the rung decided from the input student
         from dataclasses import replace

@@ -1,4 +1,5 @@
-"""Rule rewrite: token-level training examples, CaOPD or SDFT (caopd.rewrite.run)."""
+"""Rule rewrite: token-level training examples, CaOPD or SDFT, on the teacher's samples (input
+``prefixes``) when rollouts.prefix_source is teacher (caopd.rewrite.run)."""
 
 import sys
 from pathlib import Path
