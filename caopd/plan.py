@@ -105,7 +105,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     ),
     "rewrite": (
         *HARNESS_CODE,
-        "caopd/rewrite.py",
+        "caopd/rewrite",
         "caopd/completion.py",
         "caopd/targets.py",
         *SAMPLING_CODE,
@@ -118,7 +118,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
         "caopd/rollouts",
         "caopd/models",
         "caopd/targets.py",
-        "caopd/rewrite.py",
+        "caopd/rewrite",
         "caopd/completion.py",
         "caopd/confidence.py",
         "caopd/tasks",
