@@ -34,7 +34,8 @@ The package: :mod:`~caopd.rewrite.config` (:class:`RewriteConfig`), :mod:`~caopd
 :func:`prompt_examples`; the round's, :func:`build_examples`), :mod:`~caopd.rewrite.files`
 (Parquet and preview I/O) and :mod:`~caopd.rewrite.stage` (:func:`run_rewrite`, :func:`run`).
 
-Output directory of :func:`run_rewrite`: ``examples.parquet`` (:data:`caopd.artifacts.EXAMPLE_COLUMNS`, sorted by
+Output directory of :func:`run_rewrite`: ``examples.parquet``
+(:data:`caopd.artifacts.EXAMPLE_COLUMNS`, sorted by
 ``(prompt_id, sample_index)``, byte-deterministic) and ``preview.jsonl`` (the first
 :data:`PREVIEW_ROWS` examples decoded, for reading).
 """

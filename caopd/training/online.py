@@ -404,7 +404,8 @@ def run_online_distill(
 
     from caopd.data import read_split
     from caopd.training.config import DistillConfig
-    from caopd.training.distill import _setup, train_round
+    from caopd.training.loop import train_round
+    from caopd.training.setup import setup_round
     from caopd.training.resume import run_identity
 
     started = time.perf_counter()
@@ -435,7 +436,7 @@ def run_online_distill(
                             seed=seed, records_dir=records_dir, accelerator=accelerator,
                             curriculum=curriculum)
 
-    run = _setup(
+    run = setup_round(
         params,
         make_source=make_source,
         total_steps=online_total_steps(schedule["prompts_per_round"], per_step, cfg.epochs),
