@@ -22,12 +22,13 @@ from caopd.training.data import (
     steps_in_round,
     total_optimizer_steps,
 )
-from caopd.training.distill import run_distill, teacher_hidden_states
+from caopd.training.distill import run_distill
 from caopd.training.objective import StudentObjective
 from caopd.training.prefix import model_inputs
-from caopd.training.schedule import lr_factor, warmup_steps
+from caopd.training.optimizer import lr_factor, warmup_steps
 from caopd.training.divergence import token_divergence
 from caopd.training.state import TRAINER_STATE, load_causal_lm
+from caopd.training.teacher_states import teacher_hidden_states
 
 EXAMPLES_SCHEMA = pa.schema(
     [

@@ -1,7 +1,7 @@
 """The distill loss applies each model family's final logit transform, or refuses the family.
 
 For tiny random models of several ``transformers`` families the loss built by
-:class:`~caopd.training.distill.StudentObjective` from hidden states and LM heads must equal the
+:class:`~caopd.training.objective.StudentObjective` from hidden states and LM heads must equal the
 divergence of the models' OWN logits (``model(ids).logits``), value and gradients with respect to
 every student parameter. Tolerance: float32 on both sides, ``rtol = 1e-4``, ``atol = 1e-6``
 (the two paths sum in different orders).

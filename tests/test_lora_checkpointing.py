@@ -130,7 +130,7 @@ def test_a_killed_lora_run_resumes_byte_identically(tiny_model_dir, examples6, t
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, examples6) -> None:
     from caopd.training.data import collate, load_examples
-    from caopd.training.distill import StudentObjective
+    from caopd.training.objective import StudentObjective
     from caopd.training.loss import normalise_by_tokens
     from caopd.training.prefix import model_inputs
     from caopd.training.state import load_causal_lm

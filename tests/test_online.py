@@ -17,14 +17,9 @@ from caopd.rollouts.files import read_rollouts
 from caopd.store import ArtifactError
 from caopd.targets import compute_targets, read_targets
 from caopd.tasks.base import TaskExample
-from caopd.training.online import (
-    OnlineSource,
-    online_step_plan,
-    online_total_steps,
-    prompts_per_step,
-    refresh_windows,
-    run_online_distill,
-)
+from caopd.training.online import run_online_distill
+from caopd.training.online_plan import online_step_plan, online_total_steps, prompts_per_step, refresh_windows
+from caopd.training.online_source import OnlineSource
 from test_rollouts_hf import _train_to_answer
 
 REWRITE = {

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from caopd.rewrite import (
-    EXAMPLE_COLUMNS,
-    RewriteConfig,
-    build_examples,
-    cut_completion_ids,
-    read_examples,
-    rewrite_completion,
-    rewrite_completion_ids,
-    run_rewrite,
-    solution_text,
-)
+from caopd.artifacts import EXAMPLE_COLUMNS
+from caopd.completion import cut_completion_ids, rewrite_completion, rewrite_completion_ids, solution_text
+from caopd.rewrite import RewriteConfig, build_examples, read_examples, run_rewrite
 from caopd.rollouts.engine import RolloutRecord
 from caopd.rollouts.prompting import chat_prompt_ids
 from caopd.targets import compute_targets

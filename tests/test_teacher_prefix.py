@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from caopd.completion import rewrite_completion
 from caopd.config import ConfigError, deep_merge, resolve
 from caopd.plan import build_plan
-from caopd.rewrite import build_examples, read_examples, rewrite_completion, run_rewrite
+from caopd.rewrite import build_examples, read_examples, run_rewrite
 from caopd.rollouts.engine import RolloutRecord
 from caopd.rollouts.prompting import chat_prompt_ids
 from caopd.targets import compute_targets

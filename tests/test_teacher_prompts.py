@@ -117,7 +117,7 @@ def test_caopd_demo_mode_three_replacements(build):
 @pytest.mark.parametrize("build", TASK_PARAMS)
 def test_correct_solution_mode_uses_the_solution(build):
     example = build()
-    from caopd.rewrite import solution_text
+    from caopd.completion import solution_text
 
     solution = solution_text("A verified rollout.\n<answer>B</answer>\nConfidence: 0.99")
     sdft = _last_user(

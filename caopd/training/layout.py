@@ -1,5 +1,6 @@
 """How the distill loop holds its models: FSDP2 sharding, LoRA, gradient checkpointing
-(DESIGN §10, issue 15). The hooks in :mod:`caopd.training.distill` call a :class:`Layout`.
+(DESIGN §10, issue 15). The hooks in :mod:`caopd.training.setup` and :mod:`caopd.training.loop`
+call a :class:`Layout`.
 
 ``distill.sharding`` (``none`` | ``fsdp2``: :mod:`caopd.training.sharding`) and
 ``distill.gradient_checkpointing`` change no arithmetic of the optimisation, only where the
@@ -41,7 +42,8 @@ def with_runtime(params: Mapping[str, Any], **runtime: Any) -> dict[str, Any]:
 
 
 class Layout:
-    """The model layout of one distill round; the hooks of :mod:`caopd.training.distill`.
+    """The model layout of one distill round; the hooks of :mod:`caopd.training.setup` and
+    :mod:`caopd.training.loop`.
 
     Attributes:
         sharded: ``distill.sharding`` is fsdp2.
@@ -98,7 +100,8 @@ class Layout:
             teacher = load_causal_lm(teacher_dir if teacher_dir is not None else student_dir)
             teacher.eval().requires_grad_(False)
         if self.sharded:  # the student's root is its objective (made here, used by prepare)
-            from caopd.training.distill import DistillConfig, StudentObjective
+            from caopd.training.config import DistillConfig
+            from caopd.training.objective import StudentObjective
             from caopd.training.sharding import TeacherRoot, device_mesh, shard_model
 
             cfg = DistillConfig.from_params(self.params["distill"])

@@ -6,7 +6,8 @@ distill job, with the pure functions of the round stages, so the math is shared,
 
 1. the round's prompts (its slice of the train split) are visited ``epochs`` times, each epoch in
    an order drawn from ``(seed, epoch)``, ``prompts_per_step = batch_size · grad_accum / K``
-   prompts per optimizer step (:func:`online_step_plan`; a step never spans two epochs);
+   prompts per optimizer step (:func:`~caopd.training.online_plan.online_step_plan`; a step
+   never spans two epochs);
 2. every ``refresh_every`` steps (a *refresh window*, never spanning two epochs either) the
    prompts of the window's steps are sampled K times from the student as it is at that moment,
    through the rollout-engine interface (:meth:`caopd.rollouts.hf.HFEngine.from_model`);
@@ -40,332 +41,23 @@ longer exists), so a resumed run ends byte-identical to an uninterrupted one on 
 With several processes the main process samples and writes a window and every process reads it
 back, so all ranks train on the same examples. Only the ``hf`` engine runs online (vLLM would
 need the student's weights pushed into its engine after every step).
+
+Where it lives: the step plan in :mod:`caopd.training.online_plan`, the sampling and rewriting
+step source in :mod:`caopd.training.online_source`, the round in :func:`run_online_distill`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import math
-import os
-import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from caopd.artifacts import EXAMPLES_FILE, ROLLOUTS_FILE, split_file
-from caopd.store import read_json, write_json
-from caopd.training.data import DistillExample, example_from_row, epoch_order
-
-log = logging.getLogger(__name__)
-
-ONLINE_DIR = "online"
-WINDOW_PREFIX = "refresh-"
-WINDOW_SUMMARY = "summary.json"
-#: The checkpoint file listing the windows written so far and the sha256 of their files.
-WINDOWS_STATE = "online_windows.json"
-
-
-def prompts_per_step(batch_size: int, grad_accum: int, k: int) -> int:
-    """``batch_size · grad_accum / k``: the prompts whose K rollouts fill one optimizer step.
-
-    Raises:
-        ValueError: the step's examples are not a whole number of prompt groups.
-    """
-    examples = batch_size * grad_accum
-    if k < 1 or examples % k:
-        raise ValueError(
-            f"distill.batch_size × distill.grad_accum = {examples} examples per optimizer step is "
-            f"not a multiple of rollouts.k = {k}: an online step trains whole prompt groups"
-        )
-    return examples // k
-
-
-def online_steps_in_round(n_prompts: int, per_step: int, epochs: int) -> int:
-    """Optimizer steps of an online round: ``epochs · ceil(n_prompts / per_step)``."""
-    return epochs * math.ceil(n_prompts / per_step)
-
-
-def online_total_steps(prompts_per_round: Sequence[int], per_step: int, epochs: int) -> int:
-    """The LR schedule's length over all online rounds: Σ :func:`online_steps_in_round`."""
-    return sum(online_steps_in_round(n, per_step, epochs) for n in prompts_per_round)
-
-
-def online_step_plan(n_prompts: int, per_step: int, epochs: int, seed: int) -> list[list[np.ndarray]]:
-    """The prompt indices of every step, epoch by epoch.
-
-    Returns:
-        ``plan[e][s]``: int64 array of the prompt indices of step ``s`` of epoch ``e`` (each epoch
-        a permutation from :func:`~caopd.training.data.epoch_order`, cut every ``per_step``; the
-        last step of an epoch may hold fewer).
-    """
-    plan = []
-    for epoch in range(epochs):
-        order = epoch_order(n_prompts, seed, epoch)
-        plan.append([order[i : i + per_step] for i in range(0, n_prompts, per_step)])
-    return plan
-
-
-def refresh_windows(steps_per_epoch: Sequence[int], refresh_every: int) -> list[int]:
-    """The refresh window of every step of the round (``len == sum(steps_per_epoch)``).
-
-    Windows hold ``refresh_every`` consecutive steps and restart at each epoch, so a window
-    never samples a prompt twice.
-    """
-    windows, next_window = [], 0
-    for n in steps_per_epoch:
-        windows.extend(next_window + s // refresh_every for s in range(n))
-        next_window += math.ceil(n / refresh_every)
-    return windows
-
-
-def window_seed(seed: int, round_: int, window: int) -> int:
-    """The rollout seed of one refresh window, drawn from the stage seed (31 bits)."""
-    digest = hashlib.sha256(f"{seed}:online:{round_}:{window}".encode()).hexdigest()
-    return int(digest[:8], 16) % (2**31 - 1)
-
-
-def window_files(directory: Path) -> dict[str, str]:
-    """``{file name: sha256}`` of a window directory's files."""
-    from caopd.hashing import sha256_file
-
-    return {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-class OnlineSource:
-    """The step source of an online round (module docstring).
-
-    Args:
-        prompts: the round's prompts (its slice of the train split), in split order.
-        student: the student module being trained (sampled from in eval mode, no grad).
-        tokenizer: the student's tokenizer.
-        params: the stage params (``distill``, ``rollouts``, ``rewrite``, ``task``, ``round``).
-        seed: the stage seed (data order and rollout seeds).
-        records_dir: where the windows are written (``<work_dir>/online``).
-        accelerator: the run's accelerator (main process, barriers, autocast).
-        curriculum: a :class:`caopd.training.curriculum.OnlineCurriculum` deciding each window's
-            completion budget (``distill.length_curriculum``), or None.
-    """
-
-    def __init__(
-        self,
-        *,
-        prompts: Sequence[Any],
-        student: torch.nn.Module,
-        tokenizer: Any,
-        params: Mapping[str, Any],
-        seed: int,
-        records_dir: Path,
-        accelerator: Any,
-        curriculum: Any = None,
-    ) -> None:
-        from caopd.rewrite import RewriteConfig
-        from caopd.rollouts.engine import SamplingConfig
-
-        distill, rollouts = params["distill"], params["rollouts"]
-        if rollouts["engine"] != "hf":
-            raise ValueError(
-                f"distill.schedule 'online' samples from the student in training with the hf engine; "
-                f"rollouts.engine is {rollouts['engine']!r}"
-            )
-        self.prompts = list(prompts)
-        if not self.prompts:
-            raise ValueError("an online round needs at least one training prompt")
-        self.student, self.tokenizer, self.accelerator = student, tokenizer, accelerator
-        self.task = params["task"]
-        self.round = int(params["round"])
-        self.seed = seed
-        self.rewrite = RewriteConfig.from_mapping(params["rewrite"])
-        self.sampling = SamplingConfig(
-            n=rollouts["k"], temperature=rollouts["temperature"], top_p=rollouts["top_p"],
-            max_new_tokens=rollouts["max_new_tokens"], batch_size=rollouts["batch_size"],
-        )
-        self.batch_size, self.grad_accum = distill["batch_size"], distill["grad_accum"]
-        per_step = prompts_per_step(self.batch_size, self.grad_accum, rollouts["k"])
-        plan = online_step_plan(len(self.prompts), per_step, distill["epochs"], seed)
-        self.steps = [step for epoch in plan for step in epoch]
-        self.window_of = refresh_windows([len(epoch) for epoch in plan], distill["refresh_every"])
-        self.window_mix = bool(distill["window_mix"])
-        self._window_rows: dict[int, list[DistillExample]] = {}
-        self.records_dir = Path(records_dir)
-        self._engine = None
-        self._loaded: int | None = None
-        self._by_prompt: dict[str, list[DistillExample]] = {}
-        # issue 18: the length curriculum, and the examples' sampled_len for distill.estimator
-        self.curriculum, self._curve = curriculum, {}
-        self.sampled_len = distill.get("estimator", "full_vocab") != "full_vocab"
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.steps)
-
-    @property
-    def n_examples(self) -> int:
-        return sum(len(step) for step in self.steps) * self.sampling.n
-
-    def window_dir(self, window: int) -> Path:
-        return self.records_dir / f"{WINDOW_PREFIX}{window:05d}"
-
-    def window_steps(self, window: int) -> list[int]:
-        return [s for s, w in enumerate(self.window_of) if w == window]
-
-    # --- the steps ------------------------------------------------------------------------------
-
-    def micro_batches(self, step: int) -> list[list[DistillExample]]:
-        """The K rollouts of each of the step's prompts, sampled at the start of its window,
-        cut into micro-batches of ``batch_size`` examples (at most ``grad_accum`` of them)."""
-        window = self.window_of[step]
-        if window != self._loaded:
-            self._enter(window)
-        rows = self._window_rows[step] if self.window_mix else self._own_rows(step)
-        return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-
-    def _own_rows(self, step: int) -> list[DistillExample]:
-        """The K rollouts of each prompt of ``step``, in plan order."""
-        return [ex for i in self.steps[step] for ex in self._by_prompt.get(self.prompts[int(i)].id, [])]
-
-    def _mix_window(self, window: int) -> dict[int, list[DistillExample]]:
-        """``window_mix``: the window's examples pooled in step order and permuted (seeded by
-        stage seed, round and window); each step takes as many of them as its own prompts have,
-        so step sizes (and the token normaliser) are those of the unmixed plan."""
-        steps = self.window_steps(window)
-        own = [self._own_rows(s) for s in steps]
-        pool = [ex for rows in own for ex in rows]
-        order = np.random.default_rng([self.seed, self.round, window]).permutation(len(pool))
-        mixed, start = {}, 0
-        for s, rows in zip(steps, own):
-            mixed[s] = [pool[int(i)] for i in order[start : start + len(rows)]]
-            start += len(rows)
-        return mixed
-
-    def _enter(self, window: int) -> None:
-        """Sample the window (main process, unless a resumed run kept it), then read it back."""
-        from caopd.rewrite import read_examples
-
-        directory = self.window_dir(window)
-        if self.accelerator.is_main_process and not directory.is_dir():
-            self._sample(window, directory)
-        self.accelerator.wait_for_everyone()
-        by_prompt: dict[str, list[DistillExample]] = {}
-        for row in read_examples(directory / EXAMPLES_FILE):
-            by_prompt.setdefault(row["prompt_id"], []).append(example_from_row(row))
-        self._by_prompt, self._loaded = by_prompt, window
-        if self.curriculum is not None:  # issue 18: the window's length and entropy, per step
-            self._curve = self.curriculum.curve_fields(read_json(directory / WINDOW_SUMMARY)["curriculum"])
-        if self.window_mix:
-            self._window_rows = self._mix_window(window)
-
-    def _sample(self, window: int, directory: Path) -> None:
-        from caopd.rewrite import build_examples, write_examples
-        from caopd.rollouts.files import write_rollouts
-        from caopd.rollouts.hf import HFEngine
-        from caopd.targets import compute_targets, targets_summary, write_targets
-
-        began = time.perf_counter()
-        steps = self.window_steps(window)
-        prompts = [self.prompts[int(i)] for s in steps for i in self.steps[s]]
-        if self._engine is None:
-            self._engine = HFEngine.from_model(self.student, self.tokenizer)
-        seed = window_seed(self.seed, self.round, window)
-        sampling, rewrite, extra = self.sampling, self.rewrite, {}
-        if self.curriculum is not None:  # issue 18: this window's rung, from window - 1's summary
-            with self.accelerator.autocast():
-                sampling, rewrite, extra["curriculum"] = self.curriculum.window(
-                    window, self.window_dir(window - 1) / WINDOW_SUMMARY, self._engine, sampling, rewrite)
-        with self.accelerator.autocast():
-            records = self._engine.generate([(ex.id, ex.messages) for ex in prompts], sampling, seed)
-        per_rollout, per_prompt = compute_targets(prompts, records, self.task)
-        rows, rewrite_summary = build_examples(
-            prompts, records, per_prompt, per_rollout, self.tokenizer, rewrite
-        )
-        tmp = directory.with_name(f".tmp-{directory.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write_rollouts(records, tmp / ROLLOUTS_FILE)
-        write_targets(per_rollout, per_prompt, tmp)
-        write_examples(rows, tmp / EXAMPLES_FILE, sampled_len=self.sampled_len)
-        write_json(tmp / WINDOW_SUMMARY, {
-            "window": window, "round": self.round, "steps": [steps[0], steps[-1]], "seed": seed,
-            "targets": targets_summary(per_rollout, per_prompt), "rewrite": rewrite_summary, **extra,
-        })
-        os.replace(tmp, directory)
-        log.info("online window %d (steps %d-%d): %d rollouts, mean P_acc %.3f, %.1f s",
-                 window, steps[0], steps[-1], len(records), float(per_prompt["p_acc"].mean()),
-                 time.perf_counter() - began)
-
-    def curve_fields(self, step: int) -> dict[str, float]:
-        """The length curriculum's length in force and entropy of the step's window ({} if off)."""
-        return dict(self._curve)
-
-    # --- resume and publication -----------------------------------------------------------------
-
-    def save(self, checkpoint: Path) -> None:
-        """Record the sha256 of every window written so far in the checkpoint."""
-        windows = {}
-        if self.records_dir.is_dir():
-            for directory in sorted(self.records_dir.glob(f"{WINDOW_PREFIX}*")):
-                windows[directory.name] = window_files(directory)
-        write_json(checkpoint / WINDOWS_STATE, windows)
-
-    def restore(self, checkpoint: Path | None, step: int) -> None:
-        """Fresh start: drop any window left by a killed run. Resume: keep (and verify) the
-        windows the checkpoint lists, drop those sampled after it."""
-        from caopd.store import ArtifactError
-
-        if not self.accelerator.is_main_process:
-            self.accelerator.wait_for_everyone()
-            return
-        kept: Mapping[str, Mapping[str, str]] = {}
-        if checkpoint is not None:
-            kept = read_json(checkpoint / WINDOWS_STATE)
-        if self.records_dir.is_dir():
-            for directory in sorted(self.records_dir.iterdir()):
-                if directory.name not in kept:
-                    shutil.rmtree(directory) if directory.is_dir() else directory.unlink()
-        for name, files in kept.items():
-            directory = self.records_dir / name
-            if not directory.is_dir() or window_files(directory) != dict(files):
-                raise ArtifactError(
-                    f"{directory}: the online window the checkpoint {checkpoint} recorded is missing "
-                    "or was modified; delete the work directory to start afresh"
-                )
-        if checkpoint is not None and step < self.n_steps:
-            start = self.window_steps(self.window_of[step])[0]
-            if start < step and self.window_dir(self.window_of[step]).name not in kept:
-                raise ArtifactError(
-                    f"{checkpoint}: resumes inside window {self.window_of[step]} but does not list it"
-                )
-        self.accelerator.wait_for_everyone()
-
-    def publish(self, out: Path) -> dict[str, Any]:
-        """Move the windows into ``out/online`` and summarise them."""
-        target = Path(out) / ONLINE_DIR
-        if self.records_dir.resolve() != target.resolve():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(self.records_dir, target)
-        summaries = [read_json(d / WINDOW_SUMMARY) for d in sorted(target.glob(f"{WINDOW_PREFIX}*"))]
-        return online_summary(summaries)
-
-
-def online_summary(windows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Totals over the windows' ``summary.json`` bodies, for the manifest."""
-    n_rollouts = sum(w["targets"]["n_rollouts"] for w in windows)
-    correct = sum(w["targets"]["accuracy"] * w["targets"]["n_rollouts"] for w in windows)
-    counts = ("n_without_label", "n_truncated_prompt", "n_truncated_teacher_prompt",
-              "n_truncated_completion", "n_fallback", "n_skipped")
-    curriculum = [w["curriculum"] for w in windows if "curriculum" in w]  # issue 18
-    return {
-        **({"curriculum_lengths": [c["length"] for c in curriculum],
-            "curriculum_entropies": [c["entropy"] for c in curriculum]} if curriculum else {}),
-        "online_windows": len(windows),
-        "online_rollouts": n_rollouts,
-        "online_accuracy": correct / n_rollouts if n_rollouts else None,
-        **{f"online_{name}": sum(w["rewrite"][name] for w in windows) for name in counts},
-    }
+from caopd.artifacts import ONLINE_DIR, split_file
+from caopd.training.online_plan import online_total_steps, prompts_per_step
+from caopd.training.online_source import OnlineSource
 
 
 def run_online_distill(
@@ -394,7 +86,8 @@ def run_online_distill(
             written straight into ``out/online`` and nothing can be resumed.
 
     Returns:
-        :func:`~caopd.training.distill.run_distill`'s summary plus :func:`online_summary`.
+        :func:`~caopd.training.distill.run_distill`'s summary plus
+        :func:`~caopd.training.online_source.online_summary`.
 
     Raises:
         ValueError: a bad config (including a step that is not whole prompt groups, or the
@@ -404,7 +97,8 @@ def run_online_distill(
 
     from caopd.data import read_split
     from caopd.training.config import DistillConfig
-    from caopd.training.distill import _setup, train_round
+    from caopd.training.loop import train_round
+    from caopd.training.setup import setup_round
     from caopd.training.resume import run_identity
 
     started = time.perf_counter()
@@ -435,7 +129,7 @@ def run_online_distill(
                             seed=seed, records_dir=records_dir, accelerator=accelerator,
                             curriculum=curriculum)
 
-    run = _setup(
+    run = setup_round(
         params,
         make_source=make_source,
         total_steps=online_total_steps(schedule["prompts_per_round"], per_step, cfg.epochs),

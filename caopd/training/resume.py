@@ -1,5 +1,6 @@
 """What a resume checkpoint belongs to and how a killed distill job finds and restores it
-(:func:`run_identity`, :func:`checkpoint_to_resume`, :func:`restore_state`)."""
+(:func:`run_identity`, :func:`checkpoint_to_resume`, :func:`restore_state`), and what a round
+writes of its models and state (:func:`write_models`, :func:`write_run_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caopd.artifacts import STATE_DIR
 from caopd.training.state import (
+    STUDENT,
+    TEACHER,
     TrainerState,
     latest_checkpoint,
     load_training_state,
     read_curves_json,
     read_trainer_state,
+    save_training_state,
+    write_curves_json,
 )
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from caopd.training.setup import DistillRun
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +75,21 @@ def restore_state(
 
 
 #: Builds a round's step source once the accelerator and the (unwrapped) student exist.
+
+
+def write_models(run: DistillRun, directory: Path) -> None:
+    """``student/`` and ``teacher/`` (the teacher module mirrors the fp32 shadow exactly)."""
+    if run.layout is not None and run.layout.lora is not None:  # issue 15: adapters only
+        run.layout.write_lora_checkpoint(directory)
+        return
+    run.student.save_pretrained(directory / STUDENT)
+    run.teacher.save_pretrained(directory / TEACHER)
+
+
+def write_run_checkpoint(run: DistillRun, directory: Path) -> None:
+    """A resume checkpoint of ``run`` in ``directory``: its models, optimizer, schedule, progress,
+    curve rows and step source."""
+    write_models(run, directory)
+    save_training_state(directory / STATE_DIR, run.raw_optimizer, run.raw_scheduler, run.progress)
+    write_curves_json(directory / STATE_DIR, run.rows)
+    run.source.save(directory)

@@ -10,7 +10,7 @@ and wraps the whole model, while the loop calls the inner decoder and the LM hea
   ``_no_split_modules``, as accelerate's transformer-based wrap), then the root unit with the
   rest (embeddings, final norm, LM head; tied weights stay one parameter). The root is a module
   whose forward the loop calls and that holds the whole model: the student's
-  :class:`~caopd.training.distill.StudentObjective` (decoder and loss, so the LM-head weight the
+  :class:`~caopd.training.objective.StudentObjective` (decoder and loss, so the LM-head weight the
   loss reads stays gathered from the forward to the backward), the teacher's
   :class:`TeacherRoot` (its decoder). Every parameter is split on dim 0 over the processes
   (``Shard(0)`` DTensor), so student and teacher hold the same slice of each parameter and the

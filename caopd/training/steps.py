@@ -7,7 +7,7 @@ them, each at most ``batch_size`` examples over ALL processes). Two sources exis
 - :class:`FixedExamples` (``distill.schedule: rounds``): the round's examples were built by the
   rewrite stage before the job started; the steps walk :func:`~caopd.training.data.round_step_plan`
   (``distill.batching: examples``) or :func:`round_group_plan` (``prompt_groups``);
-- :class:`caopd.training.online.OnlineSource` (``distill.schedule: online``): the examples of a
+- :class:`caopd.training.online_source.OnlineSource` (``distill.schedule: online``): the examples of a
   step are sampled from the student as it is at that step, verified, scored and rewritten inside
   the job.
 
