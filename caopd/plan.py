@@ -136,7 +136,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
 
     model_params: dict[str, Any] = {"seed": cfg["seed"], "source": cfg["model"]["source"]}
     if cfg["model"]["source"] == "tiny":
-        model_params["tiny"] = cfg["model"]["tiny"]
+        model_params["tiny"] = tiny_params(cfg["model"]["tiny"])
     else:
         model_params["origin"] = model_fingerprint(cfg["model"]["source"], cfg["model"]["revision"])
     base = _spec("base_model", None, model_params, root)
@@ -228,9 +228,10 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         stages += [roll, targets, *prefixes.values(), rewrite, distill]
         student = distill
 
+    # the engine enters the key only when it is not the default hf (whose keys and draws predate it)
+    engines = ("engine", "tensor_parallel_size") if cfg["evaluation"]["engine"] != "hf" else ()
     generation = {key: cfg["evaluation"][key] for key in (
-        "engine", "tensor_parallel_size", "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size",
-        "expected_confidence")}
+        *engines, "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size", "expected_confidence")}
     split = cfg["evaluation"]["split"]
     eval_roll = _spec(
         "eval_rollouts", None, {"evaluation": generation, "split": split}, root, launch["eval_rollouts"],
@@ -265,6 +266,16 @@ class Plan:
                 f"no artifact results/{stage}/{key} in the plan of the current config; "
                 "keys change with the config and the code (see results/index/*.json)"
             ) from None
+
+
+def tiny_params(tiny: Mapping[str, Any]) -> dict[str, Any]:
+    """The tiny model's settings as the base_model stage's params: the copy task's learning-rate
+    warm-up enters only when it is on (``induction_lr_warmup > 0``), so configs written before it
+    existed (e.g. ``config/smoke.yaml``, which sets 0) keep their keys and draws."""
+    warmup = dict(tiny["warmup"])
+    if not warmup.get("induction_lr_warmup"):
+        warmup.pop("induction_lr_warmup", None)
+    return {**tiny, "warmup": warmup}
 
 
 def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> Plan:

@@ -44,11 +44,14 @@ KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"estimator": "full_vocab", "vopd_top_k":
 
 
 def distill_key_params(distill: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``distill`` block without :data:`LAUNCH_KEYS` and without the
-    :data:`KEY_NEUTRAL_DEFAULTS` keys at their neutral values: what enters the distill key."""
+    """The ``distill`` block without :data:`LAUNCH_KEYS`, without the
+    :data:`KEY_NEUTRAL_DEFAULTS` keys at their neutral values and without ``kl_mix_lambda`` unless
+    the divergence is ``kl_mix`` (no other divergence reads it): what enters the distill key, so
+    a variant that uses none of these keys keeps the key and the draw it had before they existed."""
     return {
         k: v for k, v in distill.items()
         if k not in LAUNCH_KEYS and not (k in KEY_NEUTRAL_DEFAULTS and v == KEY_NEUTRAL_DEFAULTS[k])
+        and not (k == "kl_mix_lambda" and distill.get("divergence") != "kl_mix")
     }
 
 

@@ -166,8 +166,9 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
                         threads: int = 1) -> dict[str, Any]:
     """eval_rollouts: the final model's answers on the eval split (greedy by default), through
     ``evaluation.engine`` (hf or vllm, the schema of :class:`caopd.rollouts.engine.RolloutRecord`
-    either way)."""
+    either way; absent from the params, the engine is hf: :func:`caopd.plan.plan_variant`)."""
     cfg = params["evaluation"]
+    engine = cfg.get("engine", "hf")
     sampling = SamplingConfig(
         n=cfg["n_samples"],
         temperature=cfg["temperature"],
@@ -175,10 +176,10 @@ def evaluation_rollouts(params: Mapping[str, Any], inputs: Mapping[str, Path], o
         max_new_tokens=cfg["max_new_tokens"],
         batch_size=cfg["batch_size"],
     )
-    options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if cfg["engine"] == "vllm" else {}
+    options = {"tensor_parallel_size": cfg["tensor_parallel_size"]} if engine == "vllm" else {}
     return sample_rollouts(
         data_dir=inputs["data"], model_artifact=inputs["model"], split=params["split"], sampling=sampling,
-        engine=cfg["engine"], seed=seed, out=out, threads=threads, engine_options=options,
+        engine=engine, seed=seed, out=out, threads=threads, engine_options=options,
         expected_confidence=cfg["greedy"] and cfg["expected_confidence"],
     )
 
