@@ -138,11 +138,12 @@ def check(student, teacher, plain, grouped, kind: str) -> tuple[float, float]:
     """(relative loss difference, largest gradient difference relative to each tensor's max)."""
     import torch
 
+    from caopd.training.divergence import DivergenceSpec
     from caopd.training.objective import StudentObjective
     from caopd.training.prefix import model_inputs
     from caopd.training.teacher_states import teacher_hidden_states
 
-    objective = StudentObjective(student, kind, 0.5, chunk_size=256)
+    objective = StudentObjective(student, DivergenceSpec(kind, 0.5), chunk_size=256)
     head = teacher.get_output_embeddings()
     params = list(student.parameters())
     out = []
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from caopd.training.data import collate
+    from caopd.training.divergence import DivergenceSpec
     from caopd.training.objective import StudentObjective
     from caopd.training.prefix import collate_groups, model_inputs
     from caopd.training.teacher_states import teacher_hidden_states
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, batch, hidden in (("examples", plain, None), ("groups", grouped, None),
                                         ("groups, teacher cached", grouped, cached)):
                 model = copy.deepcopy(student)
-                objective = StudentObjective(model, kind, 0.5, chunk_size=256)
+                objective = StudentObjective(model, DivergenceSpec(kind, 0.5), chunk_size=256)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
                 modes[name] = (lambda o=objective, b=batch, h=hidden, opt=optimizer:
                                our_step(o, teacher, b, opt, h))

@@ -67,11 +67,12 @@ def _loss(method: str, x, kind: str, args):
 
     student_hidden, teacher_hidden, student_head, teacher_head, weights = x
     if method == "ours":
+        from caopd.training.divergence import DivergenceSpec
         from caopd.training.loss import chunked_divergence_loss
 
         loss, _ = chunked_divergence_loss(
-            student_hidden, teacher_hidden, student_head, teacher_head, weights, kind, args.beta,
-            args.chunk_size,
+            student_hidden, teacher_hidden, student_head, teacher_head, weights,
+            DivergenceSpec(kind, args.beta), args.chunk_size,
         )
         return loss
     if method == "full":

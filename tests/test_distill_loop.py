@@ -26,7 +26,7 @@ from caopd.training.distill import run_distill
 from caopd.training.objective import StudentObjective
 from caopd.training.prefix import model_inputs
 from caopd.training.optimizer import lr_factor, warmup_steps
-from caopd.training.divergence import token_divergence
+from caopd.training.divergence import DivergenceSpec, token_divergence
 from caopd.training.state import TRAINER_STATE, load_causal_lm
 from caopd.training.teacher_states import teacher_hidden_states
 
@@ -213,7 +213,7 @@ def test_skipped_tokens_do_not_affect_the_loss(tiny_model_dir: Path, examples11:
     examples = load_examples(examples11)[:3]
     batch = collate(examples, skip_first_tokens=3)
     student, teacher = load_causal_lm(tiny_model_dir), load_causal_lm(tiny_model_dir)
-    objective = StudentObjective(student, "reverse_kl", 0.5, chunk_size=5)
+    objective = StudentObjective(student, DivergenceSpec("reverse_kl", 0.5), chunk_size=5)
     t_hidden = teacher_hidden_states(teacher, batch)
     head = teacher.get_output_embeddings()
 
@@ -258,7 +258,7 @@ def test_batched_loss_equals_full_logits(kind: str, tiny_model_dir: Path, exampl
             param.add_(torch.randn(param.shape, generator=gen) * 0.3)
     batch = collate(examples, skip_first_tokens=2)
     head = teacher.get_output_embeddings()
-    sum_loss, stats = StudentObjective(student, kind, 0.3, chunk_size=7)(
+    sum_loss, stats = StudentObjective(student, DivergenceSpec(kind, 0.3), chunk_size=7)(
         model_inputs(batch)[0], teacher_hidden_states(teacher, batch), head.weight, head.bias,
         batch.weights,
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from caopd.training.divergence import token_divergence
+from caopd.training.divergence import DivergenceSpec, token_divergence
 from caopd.training.logit_transform import IDENTITY, LogitTransform
 from caopd.training.loss import chunked_divergence_loss, completion_loss_mask, normalise_by_tokens
 
@@ -54,7 +54,7 @@ def grads(x: dict, loss: torch.Tensor, names: list[str]) -> list[torch.Tensor]:
 def test_chunked_equals_vanilla_loss_and_gradients(kind: str, chunk_size: int) -> None:
     x = make_inputs(bias=chunk_size == 3)
     names = ["student_hidden", "student_head"] + (["student_bias"] if "student_bias" in x else [])
-    loss, stats = chunked_divergence_loss(kind=kind, beta=0.3, chunk_size=chunk_size, **x)
+    loss, stats = chunked_divergence_loss(divergence=DivergenceSpec(kind, 0.3), chunk_size=chunk_size, **x)
     assert loss.dtype == torch.float32 and loss.shape == ()
     ref = reference_loss(x, kind, beta=0.3)
     torch.testing.assert_close(loss.double(), ref, atol=1e-5, rtol=1e-5)
@@ -69,8 +69,8 @@ def test_chunked_kl_mix_at_its_ends_is_the_kl(lam: float, kind: str) -> None:
     """KL mix at λ = 0 is forward KL and at λ = 1 reverse KL: the same loss and gradients."""
     x = make_inputs()
     names = ["student_hidden", "student_head"]
-    mixed, _ = chunked_divergence_loss(kind="kl_mix", beta=lam, chunk_size=3, **x)
-    plain, _ = chunked_divergence_loss(kind=kind, beta=0.5, chunk_size=3, **x)
+    mixed, _ = chunked_divergence_loss(divergence=DivergenceSpec("kl_mix", lam), chunk_size=3, **x)
+    plain, _ = chunked_divergence_loss(divergence=DivergenceSpec(kind, 0.5), chunk_size=3, **x)
     torch.testing.assert_close(mixed, plain, atol=1e-6, rtol=1e-6)
     for got, want in zip(grads(x, mixed, names), grads(x, plain, names)):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
@@ -78,7 +78,7 @@ def test_chunked_kl_mix_at_its_ends_is_the_kl(lam: float, kind: str) -> None:
 
 def test_stats_entropy_and_counts() -> None:
     x = make_inputs()
-    _, stats = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x)
+    _, stats = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=3, **x)
     logp = F.linear(x["student_hidden"], x["student_head"]).detach().log_softmax(-1)
     entropy = -(logp.exp() * logp).sum(-1)
     kept = x["weights"] != 0
@@ -90,7 +90,7 @@ def test_stats_entropy_and_counts() -> None:
 
 def test_masked_positions_get_exactly_zero_gradient() -> None:
     x = make_inputs()
-    loss, _ = chunked_divergence_loss(kind="reverse_kl", chunk_size=2, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("reverse_kl"), chunk_size=2, **x)
     loss.backward()
     masked = x["weights"] == 0
     assert torch.equal(x["student_hidden"].grad[masked], torch.zeros(int(masked.sum()), H))
@@ -100,7 +100,7 @@ def test_masked_positions_get_exactly_zero_gradient() -> None:
 def test_teacher_receives_no_gradient() -> None:
     x = make_inputs(bias=True)
     x["teacher_bias"].requires_grad_()
-    loss, _ = chunked_divergence_loss(kind="jsd", chunk_size=3, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=3, **x)
     loss.backward()
     assert x["teacher_hidden"].grad is None
     assert x["teacher_head"].grad is None
@@ -131,7 +131,7 @@ def test_backward_neither_keeps_nor_recomputes_logits() -> None:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CountMatmuls() as fwd:
-        loss, _ = chunked_divergence_loss(kind="jsd", chunk_size=2, **x)
+        loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=2, **x)
     assert fwd.calls > 0
     assert saved == []
     with CountMatmuls() as bwd:
@@ -142,7 +142,7 @@ def test_backward_neither_keeps_nor_recomputes_logits() -> None:
 
 def test_second_backward_raises() -> None:
     x = make_inputs()
-    loss, _ = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=3, **x)
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         loss.backward()
@@ -150,9 +150,9 @@ def test_second_backward_raises() -> None:
 
 def test_grad_output_scales_the_gradients() -> None:
     x = make_inputs()
-    loss, _ = chunked_divergence_loss(kind="reverse_kl", chunk_size=3, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("reverse_kl"), chunk_size=3, **x)
     (once,) = torch.autograd.grad(loss, [x["student_head"]])
-    loss, _ = chunked_divergence_loss(kind="reverse_kl", chunk_size=3, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("reverse_kl"), chunk_size=3, **x)
     (scaled,) = torch.autograd.grad(-2.5 * loss, [x["student_head"]])
     torch.testing.assert_close(scaled, -2.5 * once)
 
@@ -160,7 +160,7 @@ def test_grad_output_scales_the_gradients() -> None:
 def test_weight_zero_positions_contribute_nothing() -> None:
     """Changing the hidden states of weight-0 positions (even to NaN) changes nothing."""
     x = make_inputs()
-    loss, stats = chunked_divergence_loss(kind="jsd", chunk_size=2, **x)
+    loss, stats = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=2, **x)
     names = ["student_hidden", "student_head"]
     want = grads(x, loss, names)
     masked = x["weights"] == 0
@@ -169,7 +169,7 @@ def test_weight_zero_positions_contribute_nothing() -> None:
         value = x[name].detach().clone()
         value[masked] = float("nan")
         junk[name] = value.requires_grad_()
-    junk_loss, junk_stats = chunked_divergence_loss(kind="jsd", chunk_size=2, **junk)
+    junk_loss, junk_stats = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=2, **junk)
     assert torch.equal(junk_loss.detach(), loss.detach())
     assert torch.equal(junk_stats.entropy_sum, stats.entropy_sum)
     for got, expected in zip(grads(junk, junk_loss, names), want):
@@ -178,9 +178,9 @@ def test_weight_zero_positions_contribute_nothing() -> None:
 
 def test_no_grad_gives_the_same_loss_and_stats() -> None:
     x = make_inputs(bias=True)
-    loss, stats = chunked_divergence_loss(kind="jsd", chunk_size=3, **x)
+    loss, stats = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=3, **x)
     with torch.no_grad():
-        plain, plain_stats = chunked_divergence_loss(kind="jsd", chunk_size=3, **x)
+        plain, plain_stats = chunked_divergence_loss(divergence=DivergenceSpec("jsd"), chunk_size=3, **x)
     assert not plain.requires_grad
     torch.testing.assert_close(plain, loss.detach())
     torch.testing.assert_close(plain_stats.entropy_sum, stats.entropy_sum)
@@ -194,7 +194,7 @@ def test_no_grad_gives_the_same_loss_and_stats() -> None:
 def test_logit_transform_equals_transformed_full_logits(kind: str, transform: LogitTransform) -> None:
     x = make_inputs(bias=True)
     names = ["student_hidden", "student_head", "student_bias"]
-    loss, _ = chunked_divergence_loss(kind=kind, beta=0.3, chunk_size=3, transform=transform, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec(kind, 0.3), chunk_size=3, transform=transform, **x)
     ref = reference_loss(x, kind, beta=0.3, transform=transform)
     torch.testing.assert_close(loss.double(), ref, atol=1e-5, rtol=1e-5)
     for got, want in zip(grads(x, loss, names), grads(x, ref, names)):
@@ -203,13 +203,13 @@ def test_logit_transform_equals_transformed_full_logits(kind: str, transform: Lo
 
 def test_bf16_inputs_and_autocast_compute_in_float32() -> None:
     x = make_inputs(dtype=torch.bfloat16)
-    loss, _ = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x)
+    loss, _ = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=3, **x)
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss.double(), reference_loss(x, "forward_kl"), atol=1e-5, rtol=1e-5)
     x32 = make_inputs()
-    plain, _ = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x32)
+    plain, _ = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=3, **x32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast, _ = chunked_divergence_loss(kind="forward_kl", chunk_size=3, **x32)
+        under_autocast, _ = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=3, **x32)
     assert under_autocast.dtype == torch.float32
     torch.testing.assert_close(under_autocast, plain)
 
@@ -219,7 +219,7 @@ def test_no_positions_gives_connected_zero() -> None:
     x["student_hidden"] = x["student_hidden"][:0].detach().requires_grad_()
     x["teacher_hidden"] = x["teacher_hidden"][:0]
     x["weights"] = x["weights"][:0]
-    loss, stats = chunked_divergence_loss(kind="forward_kl", chunk_size=4, **x)
+    loss, stats = chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=4, **x)
     assert loss.item() == 0.0 and stats.n_positions.item() == 0
     assert stats.mean_entropy.item() == 0.0 and stats.mean_divergence.item() == 0.0
     loss.backward()
@@ -229,15 +229,15 @@ def test_no_positions_gives_connected_zero() -> None:
 def test_bad_arguments_raise() -> None:
     x = make_inputs()
     with pytest.raises(ValueError, match="chunk_size"):
-        chunked_divergence_loss(kind="forward_kl", chunk_size=0, **x)
-    with pytest.raises(ValueError, match="beta"):
-        chunked_divergence_loss(kind="jsd", beta=1.0, chunk_size=2, **x)
+        chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=0, **x)
+    with pytest.raises(TypeError, match="DivergenceSpec"):
+        chunked_divergence_loss(divergence="forward_kl", chunk_size=2, **x)
     bad = dict(x, weights=torch.ones(N + 1))
     with pytest.raises(ValueError, match="weights"):
-        chunked_divergence_loss(kind="forward_kl", chunk_size=2, **bad)
+        chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=2, **bad)
     bad = dict(x, teacher_head=torch.randn(V + 1, HT))
     with pytest.raises(ValueError, match="vocabulary"):
-        chunked_divergence_loss(kind="forward_kl", chunk_size=2, **bad)
+        chunked_divergence_loss(divergence=DivergenceSpec("forward_kl"), chunk_size=2, **bad)
 
 
 def test_completion_loss_mask_skips_first_tokens_per_row() -> None:
@@ -279,7 +279,8 @@ def test_accumulation_of_unequal_micro_batches_equals_big_batch() -> None:
 
     def sum_loss(rows: slice) -> torch.Tensor:
         loss, _ = chunked_divergence_loss(
-            hidden[rows], t_hidden[rows], head, t_head, weights[rows], "forward_kl", chunk_size=2
+            hidden[rows], t_hidden[rows], head, t_head, weights[rows], DivergenceSpec("forward_kl"),
+            chunk_size=2,
         )
         return loss
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from caopd.training.divergence import DIVERGENCES, get_divergence, token_divergence
+from caopd.training.divergence import DIVERGENCES, DivergenceSpec, get_divergence, token_divergence
 
 KINDS = ["forward_kl", "reverse_kl", "jsd", "kl_mix"]
 
@@ -188,3 +189,38 @@ def test_kl_mix_by_hand() -> None:
 def test_kl_mix_lambda_outside_the_unit_interval_raises(lam: float) -> None:
     with pytest.raises(ValueError, match="kl_mix lambda"):
         get_divergence("kl_mix", lam)
+
+
+@pytest.mark.parametrize(
+    ("kind", "beta", "needle"),
+    [("tvd", 0.5, "kind"), ("jsd", 0.0, "jsd beta"), ("jsd", 1.0, "jsd beta"),
+     ("kl_mix", 1.5, "kl_mix lambda")],
+)
+def test_divergence_spec_is_checked_at_construction(kind: str, beta: float, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        DivergenceSpec(kind, beta)  # type: ignore[arg-type]
+
+
+def test_divergence_spec_takes_the_ends_where_they_are_defined() -> None:
+    assert DivergenceSpec("kl_mix", 0.0).beta == 0.0 and DivergenceSpec("kl_mix", 1.0).beta == 1.0
+    assert DivergenceSpec("forward_kl", 7.0).kind == "forward_kl"  # the KLs ignore beta
+    assert DivergenceSpec("jsd") == DivergenceSpec("jsd", 0.5)
+    with pytest.raises(AttributeError):
+        DivergenceSpec("jsd").beta = 0.3  # type: ignore[misc]
+
+
+def _distill_config(**changes: object):
+    from caopd.config import resolve
+    from caopd.training.config import DistillConfig
+
+    params = resolve({"variants": {"v": {"distill": changes}}})["variants"]["v"]["distill"]
+    runtime = ("accelerate_config", "gpu_memory_gb", "processes")  # job resources, not the config
+    return DistillConfig.from_params({k: v for k, v in params.items() if k not in runtime})
+
+
+def test_distill_config_builds_the_divergence_with_its_parameter() -> None:
+    assert _distill_config(divergence="jsd", jsd_beta=0.3).divergence_spec == DivergenceSpec("jsd", 0.3)
+    mix = _distill_config(divergence="kl_mix", kl_mix_lambda=0.25, jsd_beta=0.3)
+    assert mix.divergence_spec == DivergenceSpec("kl_mix", 0.25)
+    with pytest.raises(ValueError, match="kl_mix lambda"):
+        dataclasses.replace(mix, kl_mix_lambda=1.5)  # checked when the config is built

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from caopd.training.objective import StudentObjective
-from caopd.training.divergence import token_divergence
+from caopd.training.divergence import DivergenceSpec, token_divergence
 from caopd.training.logit_transform import (
     IDENTITY,
     LogitTransform,
@@ -88,7 +88,7 @@ def test_loss_equals_divergence_of_the_models_own_logits(family: str, kind: str)
     want_grads = torch.autograd.grad(want, params, allow_unused=True)
 
     head = teacher.get_output_embeddings()
-    got, _ = StudentObjective(student, kind, 0.3, chunk_size=4)(
+    got, _ = StudentObjective(student, DivergenceSpec(kind, 0.3), chunk_size=4)(
         PlainInputs(ids, mask, positions), t_hidden, head.weight, head.bias, weights
     )
     got_grads = torch.autograd.grad(got, params, allow_unused=True)
@@ -125,7 +125,7 @@ def test_an_unknown_family_is_refused_by_name() -> None:
         logit_transform_for(config)
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(UnsupportedModelFamily, match="'nanochat'.*supported families"):
-        StudentObjective(model, "forward_kl", 0.5, chunk_size=4)
+        StudentObjective(model, DivergenceSpec("forward_kl", 0.5), chunk_size=4)
 
 
 def test_transform_derivative_matches_autograd() -> None:

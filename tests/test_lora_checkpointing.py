@@ -130,6 +130,7 @@ def test_a_killed_lora_run_resumes_byte_identically(tiny_model_dir, examples6, t
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, examples6) -> None:
     from caopd.training.data import collate, load_examples
+    from caopd.training.divergence import DivergenceSpec
     from caopd.training.objective import StudentObjective
     from caopd.training.loss import normalise_by_tokens
     from caopd.training.prefix import model_inputs
@@ -148,7 +149,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, example
         if checkpointing:
             student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             assert any(getattr(m, "gradient_checkpointing", False) for m in student.modules())
-        objective = StudentObjective(student, "forward_kl", 0.5, 16)
+        objective = StudentObjective(student, DivergenceSpec("forward_kl", 0.5), 16)
         loss, _ = objective(student_inputs, t_hidden, head.weight, head.bias, batch.weights)
         normalise_by_tokens(loss, torch.tensor(float(batch.n_loss_tokens)), 1).backward()
         losses.append(loss.detach())

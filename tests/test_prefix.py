@@ -18,6 +18,7 @@ import torch
 from caopd.rewrite import write_examples
 from caopd.training.data import DistillExample, collate, load_examples
 from caopd.training.distill import run_distill
+from caopd.training.divergence import DivergenceSpec
 from caopd.training.objective import StudentObjective
 from caopd.training.prefix import collate_groups, model_inputs
 from caopd.training.state import load_causal_lm
@@ -90,7 +91,7 @@ def test_loss_and_gradients_equal_the_per_example_path(models, tmp_path: Path, k
     """Gradients flow through the shared prefix: every student parameter's gradient matches."""
     student, teacher = models
     examples = examples_of(tmp_path, group_rows(3, K_OF_GROUP, student.config.vocab_size))
-    objective = StudentObjective(student, kind, 0.3, chunk_size=16)
+    objective = StudentObjective(student, DivergenceSpec(kind, 0.3), chunk_size=16)
     head = teacher.get_output_embeddings()
     params = list(student.parameters())
     results = []

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from caopd.training.divergence import DivergenceSpec
 
 #: ``distill.schedule`` values: examples built by the round stages, or sampled inside the job.
 SCHEDULES = ("rounds", "online")
@@ -48,14 +51,17 @@ class DistillConfig:
     gradient_checkpointing: bool = False
 
     @property
-    def divergence_param(self) -> float:
-        """What the divergence takes as ``beta``: ``kl_mix_lambda`` for kl_mix, else ``jsd_beta``."""
-        return self.kl_mix_lambda if self.divergence == "kl_mix" else self.jsd_beta
+    def divergence_spec(self) -> DivergenceSpec:
+        """The loss's divergence: ``divergence`` with ``kl_mix_lambda`` as its parameter for
+        kl_mix, else ``jsd_beta``; built at load too, so a bad pair fails there (a property, not a
+        field, so ``vars(cfg)`` stays the params: the run's logged config)."""
+        from caopd.training.divergence import DivergenceSpec
+
+        beta = self.kl_mix_lambda if self.divergence == "kl_mix" else self.jsd_beta
+        return DivergenceSpec(self.divergence, beta)
 
     def __post_init__(self) -> None:
-        from caopd.training.divergence import get_divergence
-
-        get_divergence(self.divergence, self.divergence_param)
+        self.divergence_spec  # noqa: B018 -- built here so a bad divergence fails at load
         if self.schedule not in SCHEDULES:
             raise ValueError(f"distill.schedule={self.schedule!r} must be one of {SCHEDULES}")
         if self.batching not in BATCHINGS:

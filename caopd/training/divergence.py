@@ -181,21 +181,46 @@ DIVERGENCES: dict[str, Divergence] = {
 }
 
 
-def get_divergence(kind: str, beta: float = 0.5) -> Divergence:
-    """Look up ``kind`` in :data:`DIVERGENCES`, validating ``beta`` where it is used.
+@dataclass(frozen=True)
+class DivergenceSpec:
+    """The divergence a loss minimises: a :data:`DIVERGENCES` name and its parameter, valid by
+    construction (the one place ``distill.divergence`` and its parameter are checked).
+
+    The definitions are those of this module's docstring (p_T / p_S convention): ``forward_kl``
+    KL(p_T ‖ p_S) (the released CaOPD reference code), ``reverse_kl`` KL(p_S ‖ p_T) (the paper's
+    text), ``jsd`` the generalised JSD of TRL's ``GKDTrainer.generalized_jsd_loss`` with teacher
+    weight ``beta``, and ``kl_mix`` λ · KL(p_S ‖ p_T) + (1 − λ) · KL(p_T ‖ p_S) with λ = ``beta``
+    (shared/PAPER.md "KL direction × prefix source").
+
+    Attributes:
+        kind: ``forward_kl``, ``reverse_kl``, ``jsd`` or ``kl_mix`` (``distill.divergence``).
+        beta: ``jsd``'s teacher weight in (0, 1) (``distill.jsd_beta``) or ``kl_mix``'s λ in
+            [0, 1] (``distill.kl_mix_lambda``); ignored by the two KLs.
 
     Raises:
         ValueError: unknown ``kind``, ``kind='jsd'`` with beta outside (0, 1), or
             ``kind='kl_mix'`` with beta (λ) outside [0, 1].
     """
-    if kind not in DIVERGENCES:
-        raise ValueError(f"divergence kind={kind!r} is not one of {sorted(DIVERGENCES)}")
-    divergence = DIVERGENCES[kind]
-    if kind == "jsd":
-        check_jsd_beta(beta)
-    elif kind == "kl_mix":
-        check_kl_mix_lambda(beta)
-    return divergence
+
+    kind: DivergenceKind
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.kind not in DIVERGENCES:
+            raise ValueError(f"divergence kind={self.kind!r} is not one of {sorted(DIVERGENCES)}")
+        if self.kind == "jsd":
+            check_jsd_beta(self.beta)
+        elif self.kind == "kl_mix":
+            check_kl_mix_lambda(self.beta)
+
+
+def get_divergence(kind: str, beta: float = 0.5) -> Divergence:
+    """Look up ``kind`` in :data:`DIVERGENCES`, validating ``beta`` where it is used.
+
+    Raises:
+        ValueError: as :class:`DivergenceSpec`.
+    """
+    return DIVERGENCES[DivergenceSpec(kind, beta).kind]
 
 
 def token_divergence(

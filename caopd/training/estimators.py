@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from caopd.training.divergence import compute_dtype
+from caopd.training.divergence import DivergenceSpec, compute_dtype
 from caopd.training.fused_autograd import LossSpec, handed_gradients
 from caopd.training.fused_divergence import (
     ChunkGrads,
@@ -57,6 +57,8 @@ from caopd.training.loss import LossStats, check_loss_inputs
 
 #: ``distill.estimator`` values; the first is the exact gradient of any ``distill.divergence``.
 ESTIMATORS = ("full_vocab", "sampled_token", "vopd")
+#: The divergence the estimators are for (and that the rewritten positions take exactly).
+REVERSE_KL = DivergenceSpec("reverse_kl")
 
 
 def check_estimator(estimator: str, top_k: int, divergence: str) -> None:
@@ -169,7 +171,7 @@ def estimator_forward(
                     spec.estimator, spec.top_k, buffers, want_grad, unit)
             else:
                 divergence, entropy, grad = divergence_chunk(
-                    chunk_s, h_t[rows].to(dtype), chunk_w, student, teacher, "reverse_kl", 0.5,
+                    chunk_s, h_t[rows].to(dtype), chunk_w, student, teacher, REVERSE_KL,
                     buffers, want_grad, unit)
                 surrogate = divergence
             loss = loss + (chunk_w * surrogate).sum()
@@ -245,7 +247,7 @@ def chunked_estimator_loss(
         raise ValueError(f"distill.vopd_top_k={top_k} must lie in [0, V={vocab}]")
     dtype = compute_dtype(torch.promote_types(student_hidden.dtype, student_head.dtype))
     spec = EstimatorSpec(
-        loss=LossSpec(kind="reverse_kl", beta=0.5, chunk_size=chunk_size, dtype=dtype,
+        loss=LossSpec(divergence=REVERSE_KL, chunk_size=chunk_size, dtype=dtype,
                       student_transform=transform,
                       teacher_transform=transform if teacher_transform is None else teacher_transform),
         estimator=estimator, top_k=top_k)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from caopd.training.divergence import DivergenceSpec
 from caopd.training.fused_divergence import ChunkGrads, Head, fused_divergence
 from caopd.training.logit_transform import LogitTransform
 
@@ -25,8 +26,7 @@ from caopd.training.logit_transform import LogitTransform
 class LossSpec:
     """The non-tensor arguments of :class:`FusedDivergence` (validated by the caller)."""
 
-    kind: str
-    beta: float
+    divergence: DivergenceSpec
     chunk_size: int
     dtype: torch.dtype
     student_transform: LogitTransform
@@ -70,7 +70,7 @@ def fused_forward(
         bias=torch.zeros((vocab,), dtype=dtype, device=device) if need[2] else None,
     )
     loss, entropy_sum = fused_divergence(
-        h_s, h_t, w, student, teacher, spec.kind, spec.beta, spec.chunk_size, grads
+        h_s, h_t, w, student, teacher, spec.divergence, spec.chunk_size, grads
     )
     if grads.hidden is not None and kept.numel() < n:
         full = torch.zeros((n, width), dtype=dtype, device=device)

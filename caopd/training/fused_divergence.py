@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from caopd.training.divergence import DivergenceSpec
 from caopd.training.logit_transform import LogitTransform
 
 
@@ -109,8 +110,7 @@ def divergence_chunk(
     weights: Tensor,
     student: Head,
     teacher: Head,
-    kind: str,
-    beta: float,
+    spec: DivergenceSpec,
     buffers: tuple[Tensor, Tensor, Tensor, Tensor],
     want_grad: bool,
     unit_weights: bool = False,
@@ -121,8 +121,8 @@ def divergence_chunk(
         student_hidden: Tensor[n, H_s]; teacher_hidden: Tensor[n, H_t]; weights: Tensor[n]; all
             in the compute dtype.
         student, teacher: the two heads (:class:`Head`).
-        kind: ``forward_kl``, ``reverse_kl``, ``jsd`` or ``kl_mix`` (validated by the caller);
-            beta: the jsd mixture weight in (0, 1), or kl_mix's λ in [0, 1].
+        spec: the divergence and its parameter (:class:`~caopd.training.divergence.DivergenceSpec`,
+            valid by construction): ``beta`` is the jsd mixture weight in (0, 1), or kl_mix's λ.
         buffers: four Tensor[≥n, V] scratch buffers in the compute dtype (overwritten).
         want_grad: compute the gradient.
         unit_weights: every weight is 1 (skips one n×V multiplication).
@@ -132,7 +132,7 @@ def divergence_chunk(
         entropy −Σ p_S log p_S; G Tensor[n, V] = ∂(Σ_i w_i D_i)/∂y (a view into ``buffers``,
         valid until their next use) or None.
     """
-    n = student_hidden.shape[0]
+    n, kind, beta = student_hidden.shape[0], spec.kind, spec.beta
     x, y, s, m = (buf[:n] for buf in buffers)
     _logits_(y, teacher_hidden, teacher)
     _log_softmax_(y, s)  # y = log p_T, s = p_T
@@ -217,8 +217,7 @@ def fused_divergence(
     weights: Tensor,
     student: Head,
     teacher: Head,
-    kind: str,
-    beta: float,
+    spec: DivergenceSpec,
     chunk_size: int,
     grads: ChunkGrads,
 ) -> tuple[Tensor, Tensor]:
@@ -242,7 +241,7 @@ def fused_divergence(
         h_s = student_hidden[rows].to(dtype)
         w = weights[rows]
         divergence, entropy, grad_logits = divergence_chunk(
-            h_s, teacher_hidden[rows].to(dtype), w, student, teacher, kind, beta, buffers,
+            h_s, teacher_hidden[rows].to(dtype), w, student, teacher, spec, buffers,
             want_grad, unit_weights,
         )
         loss = loss + (w * divergence).sum()

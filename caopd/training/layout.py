@@ -106,7 +106,7 @@ class Layout:
 
             cfg = DistillConfig.from_params(self.params["distill"])
             mesh = device_mesh(self.accelerator)
-            self.objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size,
+            self.objective = StudentObjective(student, cfg.divergence_spec, cfg.chunk_size,
                                               estimator=cfg.estimator, top_k=cfg.vopd_top_k)
             shard_model(student, self.objective, mesh)
             teacher = shard_model(teacher, TeacherRoot(teacher), mesh)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from caopd.training.divergence import DivergenceKind, compute_dtype, get_divergence
+from caopd.training.divergence import DivergenceSpec, compute_dtype
 from caopd.training.fused_autograd import FusedDivergence, LossSpec, fused_forward
 from caopd.training.logit_transform import IDENTITY, LogitTransform
 
@@ -66,8 +66,7 @@ def chunked_divergence_loss(
     student_head: Tensor,
     teacher_head: Tensor,
     weights: Tensor,
-    kind: DivergenceKind,
-    beta: float = 0.5,
+    divergence: DivergenceSpec,
     chunk_size: int = 1024,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
@@ -84,8 +83,8 @@ def chunked_divergence_loss(
         student_head: Tensor[V, H_s], the student's LM-head weight; gradients flow into it.
         teacher_head: Tensor[V, H_t], the teacher's; detached inside.
         weights: Tensor[N], per-position loss weights (0 for masked positions).
-        kind: divergence name, see :mod:`caopd.training.divergence`.
-        beta: ``jsd`` mixture weight in (0, 1); ignored by the KLs.
+        divergence: which divergence D is and its parameter
+            (:class:`~caopd.training.divergence.DivergenceSpec`, valid by construction).
         chunk_size: positions per chunk (peak extra memory ≈ 4 × chunk_size × V floats
             plus the V × H_s gradient of the head).
         student_bias, teacher_bias: optional Tensor[V] LM-head biases.
@@ -107,18 +106,18 @@ def chunked_divergence_loss(
     (the gradients are made in the forward and handed over, not recomputed).
 
     Raises:
-        ValueError: shapes that do not line up, ``chunk_size < 1``, unknown ``kind`` or a jsd
-            ``beta`` outside (0, 1).
+        ValueError: shapes that do not line up or ``chunk_size < 1``.
+        TypeError: ``divergence`` is not a :class:`~caopd.training.divergence.DivergenceSpec`.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
-    get_divergence(kind, beta)
+    if not isinstance(divergence, DivergenceSpec):
+        raise TypeError(f"divergence={divergence!r} must be a DivergenceSpec, not a name")
     check_loss_inputs(student_hidden, teacher_hidden, student_head, teacher_head, weights,
                       student_bias, teacher_bias)
     dtype = compute_dtype(torch.promote_types(student_hidden.dtype, student_head.dtype))
     spec = LossSpec(
-        kind=kind,
-        beta=beta,
+        divergence=divergence,
         chunk_size=chunk_size,
         dtype=dtype,
         student_transform=transform,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from caopd.training.divergence import DivergenceSpec
 from caopd.training.estimators import chunked_estimator_loss
 from caopd.training.logit_transform import LogitTransform, logit_transform_for
 from caopd.training.loss import LossStats, chunked_divergence_loss
@@ -27,8 +28,7 @@ class StudentObjective(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        kind: str,
-        beta: float,
+        divergence: DivergenceSpec,
         chunk_size: int,
         transform: LogitTransform | None = None,
         estimator: str = "full_vocab",
@@ -36,8 +36,7 @@ class StudentObjective(nn.Module):
     ) -> None:
         super().__init__()
         self.model = model
-        self.kind = kind
-        self.beta = beta
+        self.divergence = divergence
         self.chunk_size = chunk_size
         self.transform = logit_transform_for(model.config) if transform is None else transform
         self.estimator = estimator  # issue 18: caopd.training.estimators
@@ -73,8 +72,7 @@ class StudentObjective(nn.Module):
             head.weight,
             teacher_head,
             weights,
-            self.kind,
-            self.beta,
+            self.divergence,
             self.chunk_size,
             student_bias=head.bias,
             teacher_bias=teacher_bias,

@@ -120,7 +120,7 @@ def setup_round(
     scheduler = build_scheduler(optimizer, total_steps, cfg.warmup_ratio)
     if layout.lora is None:  # issue 15: a LoRA teacher is the student's own modules
         teacher.to(accelerator.device)
-    objective = StudentObjective(student, cfg.divergence, cfg.divergence_param, cfg.chunk_size,
+    objective = StudentObjective(student, cfg.divergence_spec, cfg.chunk_size,
                                  estimator=cfg.estimator, top_k=cfg.vopd_top_k)  # issue 18: vOPD
     prepared = layout.prepare(objective, optimizer, scheduler)  # issue 15: accelerator.prepare
     source = make_source(accelerator, accelerator.unwrap_model(prepared[0]).model)
