@@ -22,6 +22,20 @@ from caopd.models.random_model import build_tiny_model
 SERVER_START_BOUND = 180.0
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    """Run the files of ``slow`` tests (whole pipelines, minutes each) first, the rest after, each
+    group in collection order.
+
+    The suite runs on pytest-xdist workers, one file per work unit (``-n auto --dist loadfile
+    --no-loadscope-reorder``, pyproject.toml); a worker takes the next file when its queue runs
+    low. Started last, a pipeline file would run alone while the other workers sit idle; started
+    first, the unit files fill in around it. Without xdist only the order changes.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 model + tokenizer saved with ``save_pretrained`` (built once per session)."""

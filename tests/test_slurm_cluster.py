@@ -1,11 +1,16 @@
-"""The smoke DAG through the shipped SLURM profile on a real single-node SLURM (issue 17 row 2).
+"""A DAG with every rule through the shipped SLURM profile on a real single-node SLURM (issue 17
+row 2).
 
 The test starts a private cluster with ``../shared/slurm/start-slurm.sh`` (munged, slurmctld,
 slurmd; one node declared as 8 CPUs, 256 GB and 2 fake GPUs, partitions ``cpu`` and ``gpu``),
 installing ``slurm-wlm munge`` with apt-get when they are missing, runs
-``snakemake --workflow-profile workflow/profiles/slurm`` on config/smoke.yaml, checks the
-artifacts and, with ``scontrol show job``, the partition, GPUs, CPUs and time limit of every job
-against the rule's threads and resources and the profile, and always stops the cluster.
+``snakemake --workflow-profile workflow/profiles/slurm`` on config/smoke.yaml cut to one round and
+two variants, ``base`` and ``caopd`` with teacher-sampled prefixes (so ``teacher_rollouts`` runs
+too: every rule of the workflow, one job each where the DAG allows), checks the artifacts and,
+with ``scontrol show job``, the partition, GPUs, CPUs and time limit of every job against the
+rule's threads and resources and the profile, and always stops the cluster. Each job waits on
+the scheduler and the plugin's polling, so the DAG is kept short: the two-round smoke DAG itself
+is tests/test_pipeline_smoke.py's.
 
 Skipped when not root (the daemons and /etc/slurm need it), when a real SLURM already answers on
 this machine (never restarted), or without ``../shared/slurm``. Without slurmdbd the plugin polls
@@ -24,6 +29,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from caopd.resources import distill_threads
 from caopd.store import verify_artifact
@@ -38,6 +44,7 @@ CLUSTER_ENV = {
 #: rule -> (partition, GPUs, CPUs) the smoke config's jobs must ask for (distill: 1 process)
 EXPECTED = {
     "prepare_data": ("cpu", 0, 1), "base_model": ("cpu", 0, 8), "rollouts": ("gpu", 1, 8),
+    "teacher_rollouts": ("gpu", 1, 8),
     "targets": ("cpu", 0, 1), "rewrite": ("cpu", 0, 1), "distill": ("gpu", 1, distill_threads(1)),
     "eval_rollouts": ("gpu", 1, 8), "evaluate": ("cpu", 0, 1), "plots": ("cpu", 0, 1), "compare": ("cpu", 0, 1),
 }
@@ -93,12 +100,22 @@ def profile_settings() -> dict:
         os.environ.update(saved)
 
 
+def cluster_config(directory: Path) -> Path:
+    """config/smoke.yaml cut to one round, ``base`` and ``caopd`` with teacher-sampled prefixes."""
+    config = yaml.safe_load((ROOT / "config" / "smoke.yaml").read_text())
+    config["distill"]["rounds"] = 1
+    config["variants"] = {"base": {"distill": {"rounds": 0}}, "caopd": {"rollouts": {"prefix_source": "teacher"}}}
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("slurm_smoke")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAOPD_SLURM_", "MLFLOW_TRACKING_URI"))}
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(ROOT / "config" / "smoke.yaml"), "--workflow-profile", str(PROFILE),
+           "--configfile", str(cluster_config(workdir)), "--workflow-profile", str(PROFILE),
            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     (workdir / "snakemake.out").write_text(done.stdout + done.stderr)
@@ -119,8 +136,8 @@ def minutes(limit: str) -> int:
     return (int(days) if days else 0) * 1440 + h * 60 + m + (s > 0)
 
 
-def test_the_smoke_dag_runs_through_slurm(slurm_run):
-    for variant in ("base", "sdft", "caopd"):
+def test_every_rule_runs_through_slurm(slurm_run):
+    for variant in ("base", "caopd"):
         index = json.loads((slurm_run / "results" / "index" / f"{variant}.json").read_text())
         for entry in index["stages"]:
             assert verify_artifact(slurm_run / entry["path"])["key"] == entry["key"]
@@ -150,6 +167,7 @@ def test_every_job_asks_for_its_partition_gpus_cpus_and_time(slurm_run):
         assert re.findall(r"gres:gpu:(\d+)", job.get("TresPerJob", "")) == ([str(gpus)] if gpus else []), where
         assert minutes(job["TimeLimit"]) == runtime, where
         seen[rule] = seen.get(rule, 0) + 1
-    # the smoke plan: 2 rounds x 2 variants, round-1 rollouts and targets shared
-    assert seen == {"prepare_data": 1, "base_model": 1, "rollouts": 3, "targets": 3, "rewrite": 4,
-                    "distill": 4, "eval_rollouts": 3, "evaluate": 3, "plots": 3, "compare": 1}, seen
+    # one round of caopd (its P_acc from the student's rollouts, its prefixes from the teacher's),
+    # both variants evaluated
+    assert seen == {"prepare_data": 1, "base_model": 1, "rollouts": 1, "teacher_rollouts": 1, "targets": 1,
+                    "rewrite": 1, "distill": 1, "eval_rollouts": 2, "evaluate": 2, "plots": 2, "compare": 1}, seen
