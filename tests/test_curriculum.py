@@ -5,7 +5,6 @@ ladder, log it in their curves and resume byte-identical."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -158,32 +157,15 @@ def test_a_round_decides_from_its_input_student_and_the_rewrite_follows(
     assert all(row["completion_len"] <= 16 and 0 <= row["sampled_len"] <= 4 for row in rows)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Killed(RuntimeError):
-    pass
-
-
 def test_online_windows_climb_the_ladder_log_it_and_resume_byte_identical(
         tiny_model_dir: Path, data_dir: Path, tmp_path: Path):
     from caopd.training.curves import read_curves
-    from caopd.training.online import run_online_distill
-    from test_online import make_params
+    from test_online import Killed, assert_same_files, kill_after, make_params, online_runner
 
     params = make_params(10, refresh_every=2, divergence="reverse_kl", estimator="vopd",
                          length_curriculum={**LADDER_CFG, "min_entropy": 0.0})
     params["rollouts"] = dict(ROLLOUTS)
-
-    def run(out: Path, **kw) -> dict:
-        return run_online_distill(params, data_dir=data_dir, student_dir=tiny_model_dir, teacher_dir=None,
-                                  state_dir=None, out=out, work_dir=out.with_suffix(".work"), seed=5, **kw)
-
-    def kill_after_3(row: dict) -> None:
-        if row["step"] == 3:
-            raise Killed
-
+    run = online_runner(params, data_dir, tiny_model_dir)
     whole = run(tmp_path / "whole")
     assert whole["curriculum_lengths"] == [4, 8, 12, 12]  # windows of steps [0 1] [2] [3 4] [5]
     windows = sorted((tmp_path / "whole" / "online").glob("refresh-*"))
@@ -198,12 +180,10 @@ def test_online_windows_climb_the_ladder_log_it_and_resume_byte_identical(
     assert all(row["curriculum_entropy"] > 0 for row in curves)
 
     with pytest.raises(Killed):  # killed after step 3; resumes at step index 2, window 1's first
-        run(tmp_path / "resumed", on_step=kill_after_3)
+        run(tmp_path / "resumed", on_step=kill_after(3))
     again = run(tmp_path / "resumed")
     assert again["resumed_from"] == 2
-    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
-    for rel in files:
-        assert _sha(tmp_path / "whole" / rel) == _sha(tmp_path / "resumed" / rel), rel
+    assert_same_files(tmp_path / "whole", tmp_path / "resumed")
 
 
 def test_the_next_online_round_carries_the_last_windows_rung(tmp_path: Path):

@@ -85,6 +85,39 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class Killed(RuntimeError):
+    """Raised by :func:`kill_after` in place of a SIGKILL: the run stops between steps."""
+
+
+def kill_after(step: int):
+    """An ``on_step`` callback that kills the run once ``step`` has been logged."""
+
+    def on_step(row: dict) -> None:
+        if row["step"] == step:
+            raise Killed
+
+    return on_step
+
+
+def online_runner(params: dict, data_dir: Path, student_dir: Path):
+    """``run(out, **kw)``: :func:`run_online_distill` of ``params`` at seed 5 into ``out``, its
+    resume checkpoints in ``out.work`` (so a second call with the same ``out`` resumes)."""
+
+    def run(out: Path, **kw) -> dict:
+        return run_online_distill(params, data_dir=data_dir, student_dir=student_dir, teacher_dir=None,
+                                  state_dir=None, out=out, work_dir=out.with_suffix(".work"), seed=5, **kw)
+
+    return run
+
+
+def assert_same_files(whole: Path, resumed: Path) -> list[Path]:
+    """Every file under ``whole`` is byte-identical under ``resumed``; the relative paths."""
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    for rel in files:
+        assert _sha(whole / rel) == _sha(resumed / rel), rel
+    return files
+
+
 def test_window_targets_and_examples_are_the_round_stages_functions(
     tiny_model_dir: Path, data_dir: Path, tmp_path: Path
 ):
@@ -145,10 +178,6 @@ def test_p_acc_comes_from_the_student_as_it_is_at_that_step(tiny_model_dir: Path
     assert [ex.p_acc for ex in source.micro_batches(0)[0]] == [0.0] * 8
 
 
-class Killed(RuntimeError):
-    pass
-
-
 @pytest.mark.parametrize(
     "refresh_every, resumed_window",
     [(2, "sampled after the checkpoint, sampled again"), (3, "in progress at the checkpoint, kept")],
@@ -158,42 +187,26 @@ def test_killed_online_run_resumes_byte_identical(
 ):
     # 6 steps (3 per epoch), checkpoints every 2; killed after step 3, resumed at step index 2,
     # the first step of window 1 (refresh_every 2) or the last of window 0 (refresh_every 3)
-    params = make_params(10, refresh_every=refresh_every)
-
-    def run(out: Path, **kw) -> dict:
-        return run_online_distill(params, data_dir=data_dir, student_dir=tiny_model_dir, teacher_dir=None,
-                                  state_dir=None, out=out, work_dir=out.with_suffix(".work"), seed=5, **kw)
-
-    def kill_after_3(row: dict) -> None:
-        if row["step"] == 3:
-            raise Killed
-
+    run = online_runner(make_params(10, refresh_every=refresh_every), data_dir, tiny_model_dir)
     whole = run(tmp_path / "whole")
     with pytest.raises(Killed):
-        run(tmp_path / "resumed", on_step=kill_after_3)
+        run(tmp_path / "resumed", on_step=kill_after(3))
     work = tmp_path / "resumed.work"
     assert sorted(p.name for p in work.glob("step-*")) == ["step-00000002"]
     sampled = sorted(p.name for p in (work / "online").glob("refresh-*"))
     assert sampled == (["refresh-00000", "refresh-00001"] if refresh_every == 2 else ["refresh-00000"])
     again = run(tmp_path / "resumed")
     assert again["resumed_from"] == 2 and again["steps"] == whole["steps"] == 6
-    files = sorted(p.relative_to(tmp_path / "whole") for p in (tmp_path / "whole").rglob("*") if p.is_file())
+    files = assert_same_files(tmp_path / "whole", tmp_path / "resumed")
     assert sum(str(f).startswith("online/") for f in files) == 5 * whole["online_windows"]
-    for rel in files:
-        assert _sha(tmp_path / "whole" / rel) == _sha(tmp_path / "resumed" / rel), rel
 
 
 def test_a_modified_window_is_refused_on_resume(tiny_model_dir: Path, data_dir: Path, tmp_path: Path):
     params = make_params(10)
     out = tmp_path / "out"
-
-    def kill_after_3(row: dict) -> None:
-        if row["step"] == 3:
-            raise Killed
-
     with pytest.raises(Killed):
         run_online_distill(params, data_dir=data_dir, student_dir=tiny_model_dir, teacher_dir=None,
-                           state_dir=None, out=out, work_dir=tmp_path / "work", seed=5, on_step=kill_after_3)
+                           state_dir=None, out=out, work_dir=tmp_path / "work", seed=5, on_step=kill_after(3))
     examples = tmp_path / "work" / "online" / "refresh-00000" / "examples.parquet"
     examples.write_bytes(examples.read_bytes() + b"\0")
     with pytest.raises(ArtifactError, match="refresh-00000"):
