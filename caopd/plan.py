@@ -123,6 +123,7 @@ def _spec(
 
 def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> VariantPlan:
     """The artifacts of one resolved variant config, in DAG order."""
+    from caopd.key_neutral import key_params
     from caopd.resources import distill_key_params, stage_launch
 
     root = Path(root)
@@ -228,10 +229,9 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         stages += [roll, targets, *prefixes.values(), rewrite, distill]
         student = distill
 
-    # the engine enters the key only when it is not the default hf (whose keys and draws predate it)
-    engines = ("engine", "tensor_parallel_size") if cfg["evaluation"]["engine"] != "hf" else ()
-    generation = {key: cfg["evaluation"][key] for key in (
-        *engines, "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size", "expected_confidence")}
+    generation = key_params("evaluation", {key: cfg["evaluation"][key] for key in (
+        "engine", "tensor_parallel_size", "greedy", "n_samples", "temperature", "max_new_tokens", "batch_size",
+        "expected_confidence")})
     split = cfg["evaluation"]["split"]
     eval_roll = _spec(
         "eval_rollouts", None, {"evaluation": generation, "split": split}, root, launch["eval_rollouts"],
@@ -270,12 +270,11 @@ class Plan:
 
 def tiny_params(tiny: Mapping[str, Any]) -> dict[str, Any]:
     """The tiny model's settings as the base_model stage's params: the copy task's learning-rate
-    warm-up enters only when it is on (``induction_lr_warmup > 0``), so configs written before it
-    existed (e.g. ``config/smoke.yaml``, which sets 0) keep their keys and draws."""
-    warmup = dict(tiny["warmup"])
-    if not warmup.get("induction_lr_warmup"):
-        warmup.pop("induction_lr_warmup", None)
-    return {**tiny, "warmup": warmup}
+    warm-up enters only when it is on (:data:`caopd.key_neutral.KEY_NEUTRAL`), so configs written
+    before it existed (e.g. ``config/smoke.yaml``, which sets 0) keep their keys and draws."""
+    from caopd.key_neutral import key_params
+
+    return {**tiny, "warmup": key_params("model.tiny.warmup", tiny["warmup"])}
 
 
 def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> Plan:

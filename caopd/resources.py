@@ -37,22 +37,12 @@ MULTI_PROCESS_TYPES = ("MULTI_GPU",)
 GPU_STAGES = ("rollouts", "teacher_rollouts", "distill", "eval_rollouts")
 
 
-#: Keys of the ``distill`` block (issue 18) left out of the key at these values, the schema's
-#: defaults: at them the run computes what it computed before the keys existed, so the default
-#: run keeps its keys, seeds and bytes (tests/test_config.py checks they equal the schema's).
-KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"estimator": "full_vocab", "vopd_top_k": 0, "length_curriculum": None}
-
-
 def distill_key_params(distill: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``distill`` block without :data:`LAUNCH_KEYS`, without the
-    :data:`KEY_NEUTRAL_DEFAULTS` keys at their neutral values and without ``kl_mix_lambda`` unless
-    the divergence is ``kl_mix`` (no other divergence reads it): what enters the distill key, so
-    a variant that uses none of these keys keeps the key and the draw it had before they existed."""
-    return {
-        k: v for k, v in distill.items()
-        if k not in LAUNCH_KEYS and not (k in KEY_NEUTRAL_DEFAULTS and v == KEY_NEUTRAL_DEFAULTS[k])
-        and not (k == "kl_mix_lambda" and distill.get("divergence") != "kl_mix")
-    }
+    """The ``distill`` block without :data:`LAUNCH_KEYS` (where the job runs) and without the
+    settings :data:`caopd.key_neutral.KEY_NEUTRAL` finds neutral: what enters the distill key."""
+    from caopd.key_neutral import key_params
+
+    return key_params("distill", distill, leave_out=LAUNCH_KEYS)
 
 
 def accelerate_path(value: str | Path, root: str | Path = ROOT) -> Path:

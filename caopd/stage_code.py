@@ -13,6 +13,7 @@ HARNESS_CODE: tuple[str, ...] = (
     "caopd/config.py",
     "caopd/hashing.py",
     "caopd/job.py",
+    "caopd/key_neutral.py",
     "caopd/objective_config.py",
     "caopd/plan.py",
     "caopd/resources.py",

@@ -234,16 +234,21 @@ def test_estimator_and_curriculum_conflicts_are_named(patch, needle):
 
 
 def test_estimator_and_curriculum_variants_resolve_and_stay_out_of_the_default_key():
-    from caopd.config import load_schema
-    from caopd.resources import KEY_NEUTRAL_DEFAULTS, distill_key_params
+    from caopd.key_neutral import KEY_NEUTRAL
+    from caopd.resources import distill_key_params
 
-    schema = load_schema()["properties"]["distill"]["properties"]
-    assert KEY_NEUTRAL_DEFAULTS == {k: schema[k]["default"] for k in KEY_NEUTRAL_DEFAULTS}
+    default = resolve(_raw())["variants"]["caopd"]
+    for block in ("distill", "evaluation"):  # at the schema's defaults every listed setting is neutral
+        for name, neutral in KEY_NEUTRAL[block].items():
+            assert neutral(default[block][name], default[block]), (block, name)
+    warmup = default["model"]["tiny"]["warmup"]  # on by default (issue 12), neutral at 0 only
+    assert not KEY_NEUTRAL["model.tiny.warmup"]["induction_lr_warmup"](warmup["induction_lr_warmup"], warmup)
+    assert KEY_NEUTRAL["model.tiny.warmup"]["induction_lr_warmup"](0, warmup)
     cfg = resolve(deep_merge(_raw(), {"variants": {
         "vopd": {"distill": {"divergence": "reverse_kl", "estimator": "vopd", "vopd_top_k": 16}},
         "ladder": {"distill": {"length_curriculum": {"lengths": [16, 32, 40], "min_entropy": 0.5}}},
     }}))["variants"]
     assert cfg["ladder"]["distill"]["length_curriculum"]["n_prompts"] == 16  # the schema's default
-    assert not set(KEY_NEUTRAL_DEFAULTS) & set(distill_key_params(cfg["caopd"]["distill"]))
+    assert not set(KEY_NEUTRAL["distill"]) & set(distill_key_params(cfg["caopd"]["distill"]))
     assert distill_key_params(cfg["vopd"]["distill"])["vopd_top_k"] == 16
     assert "length_curriculum" in distill_key_params(cfg["ladder"]["distill"])

@@ -232,7 +232,7 @@ def train_warmup(model, tokenizer, examples: Sequence[WarmupExample], cfg: Mappi
         induction_loss, induction_run = train_induction(
             model, tokenizer, opt, steps=cfg["induction_steps"], length=48, batch_size=64, seed=seed,
             max_steps=cfg["induction_max_steps"], stop_loss=cfg["induction_stop_loss"],
-            lr_warmup=cfg.get("induction_lr_warmup", 0),  # absent from the params when 0 (caopd.plan.tiny_params)
+            lr_warmup=cfg.get("induction_lr_warmup", 0),  # absent from the params when 0 (caopd.key_neutral.KEY_NEUTRAL)
         )
         if tracker is not None:
             tracker.log_metrics({"induction_loss": induction_loss, "induction_steps_run": induction_run}, step=0)

@@ -42,7 +42,7 @@ class DistillConfig:
     checkpoint_every: int
     batching: str = "examples"
     kl_mix_lambda: float | None = None
-    # issue 18: absent from the params at these values (caopd.resources.KEY_NEUTRAL_DEFAULTS)
+    # issue 18: absent from the params at these values (caopd.key_neutral.KEY_NEUTRAL)
     estimator: str = "full_vocab"
     vopd_top_k: int = 0
     length_curriculum: Mapping[str, Any] | None = None
