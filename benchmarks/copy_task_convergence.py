@@ -46,7 +46,7 @@ def main() -> None:
     tiny = load_file(Path(__file__).resolve().parent.parent / "config" / "config.yaml")["base"]["model"]["tiny"]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--lr-warmup", type=int, nargs="+", default=[tiny["warmup"]["induction_lr_warmup"], 0])
+    ap.add_argument("--lr-warmup", type=int, nargs="+", default=[50, 0])
     ap.add_argument("--cap", type=int, default=tiny["warmup"]["induction_max_steps"])
     ap.add_argument("--stop-loss", type=float, default=tiny["warmup"]["induction_stop_loss"])
     ap.add_argument("--threads", type=int, default=1)

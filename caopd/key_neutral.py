@@ -42,10 +42,8 @@ def unread_unless(other: str, reading: Any) -> Neutral:
     return neutral
 
 
-#: config block -> setting -> when it stays out of the key. The ``at`` values of ``distill`` and
-#: ``evaluation`` are the schema's defaults (tests/test_config.py checks it); the copy task's
-#: lr warm-up is on by default (issue 12) and neutral at 0, where configs written before it
-#: (``config/smoke.yaml``) keep their base model.
+#: config block -> setting -> when it stays out of the key. Every setting is neutral at the
+#: default config's value (tests/test_config.py checks it), so the default keeps its keys.
 KEY_NEUTRAL: dict[str, dict[str, Neutral]] = {
     "distill": {  # issue 18
         "estimator": at("full_vocab"),
