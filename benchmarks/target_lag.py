@@ -21,10 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def stage_path(run: Path, variant: str, stage: str) -> Path:
-    """The artifact of ``stage`` in ``variant``'s index of the run in ``run``."""
-    index = json.loads((run / "results" / "index" / f"{variant}.json").read_text())
-    (entry,) = [s for s in index["stages"] if s["stage"] == stage]
-    return run / entry["path"]
+    """The artifact of ``stage`` in ``variant``'s index of the run in ``run``, verified
+    (:func:`caopd.index.stage_dirs`)."""
+    from caopd.index import read_index, stage_dirs
+
+    (directory,) = stage_dirs(read_index(run / "results" / "index", variant), stage, run)
+    return directory
 
 
 def mean_success(data: Path, model: Path, task: str, *, greedy: bool, temperature: float, k: int,
