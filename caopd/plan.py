@@ -127,8 +127,8 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
     from caopd.resources import distill_key_params, stage_launch
 
     root = Path(root)
-    launch = {stage: stage_launch(stage, cfg, root) for stage in ("rollouts", "teacher_rollouts", "distill",
-                                                                   "eval_rollouts")}
+    launch = {stage: stage_launch(stage, cfg, root) for stage in ("base_model", "rollouts", "teacher_rollouts",
+                                                                   "distill", "eval_rollouts")}
     distill_params = distill_key_params(cfg["distill"])
     lora = {"lora": cfg["model"]["lora"]} if cfg["model"].get("lora") is not None else {}  # issue 15
     task = dict(cfg["task"])
@@ -140,7 +140,7 @@ def plan_variant(name: str, cfg: Mapping[str, Any], root: str | Path) -> Variant
         model_params["tiny"] = tiny_params(cfg["model"]["tiny"])
     else:
         model_params["origin"] = model_fingerprint(cfg["model"]["source"], cfg["model"]["revision"])
-    base = _spec("base_model", None, model_params, root)
+    base = _spec("base_model", None, model_params, root, launch["base_model"])
 
     stages = [data, base]
     student = base
@@ -291,8 +291,8 @@ def build_plan(resolved: Mapping[str, Any], root: str | Path | None = None) -> P
                 raise ValueError(
                     f"variants '{owner[(spec.stage, spec.key)]}' and '{name}' share the artifact "
                     f"{spec.path} but lay its job out differently ({known.launch} vs {spec.launch}); "
-                    "give them the same distill.processes, accelerate_config, sharding and "
-                    "gradient_checkpointing"
+                    "give them the same threads, distill.processes, accelerate_config, sharding "
+                    "and gradient_checkpointing"
                 )
     return Plan(variants=variants, by_key=by_key)
 

@@ -5,11 +5,14 @@ asks for ``--gpus=8`` with no edit of the profile. They reach Snakemake as a rul
 and ``resources:`` (``gpu``, ``processes``, ``accelerate_config``), never as params or as part of
 a key: how a job is laid out on its allocation reruns nothing.
 
-- ``distill``: ``distill.processes`` processes, one per GPU, ``THREADS_PER_PROCESS`` threads
+- ``base_model``: ``threads.base_model`` threads.
+- ``distill``: ``distill.processes`` processes, one per GPU, ``threads.distill`` threads
   each; no GPU when the accelerate config says ``use_cpu: true`` (gloo processes on CPU).
 - ``rollouts``, ``teacher_rollouts``: ``rollouts.tensor_parallel_size`` GPUs with vLLM, one with
-  the HF engine.
-- ``eval_rollouts``: ``evaluation.tensor_parallel_size`` GPUs with vLLM, one with the HF engine.
+  the HF engine; ``threads.rollouts`` threads.
+- ``eval_rollouts``: ``evaluation.tensor_parallel_size`` GPUs with vLLM, one with the HF engine;
+  ``threads.eval_rollouts`` threads.
+- the other stages: one thread (their rules' default), no GPU.
 
 Imported by the Snakefile: no torch, no accelerate, no mlflow.
 """
@@ -28,8 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 #: ``sharding`` and ``gradient_checkpointing`` (issue 15) change where numbers live, not the
 #: numbers; the job adds them to its params (:func:`caopd.training.layout.with_runtime`).
 LAUNCH_KEYS = ("processes", "accelerate_config", "sharding", "gradient_checkpointing", "gpu_memory_gb")
-#: CPU threads a distill job asks for per process (the rule's ``threads``).
-THREADS_PER_PROCESS = 8
 #: ``distributed_type`` values of an accelerate config that caopd.training.distill runs with
 #: several processes (every process holds the whole student: DDP).
 MULTI_PROCESS_TYPES = ("MULTI_GPU",)
@@ -92,9 +93,9 @@ def uses_gpus(distill: Mapping[str, Any], root: str | Path = ROOT) -> bool:
     return not settings.get("use_cpu", False)
 
 
-def distill_threads(processes: int) -> int:
-    """CPU threads of a distill job: :data:`THREADS_PER_PROCESS` per process."""
-    return THREADS_PER_PROCESS * processes
+def distill_threads(processes: int, per_process: int) -> int:
+    """CPU threads of a distill job: ``per_process`` (``threads.distill``) for each process."""
+    return per_process * processes
 
 
 def process_threads(threads: int, processes: int) -> int:
@@ -106,23 +107,29 @@ def stage_launch(stage: str, cfg: Mapping[str, Any], root: str | Path = ROOT) ->
     """What the job of ``stage`` asks for under the resolved variant config ``cfg``.
 
     Returns:
-        ``{}`` for CPU stages; ``{"gpus": n}`` for (teacher_)rollouts and eval_rollouts; for distill also
-        ``processes``, ``threads``, ``accelerate_config``, ``sharding`` and
-        ``gradient_checkpointing`` (0/1) (as configured).
+        ``{}`` for the one-thread CPU stages; ``{"threads": n}`` for base_model;
+        ``{"gpus": n, "threads": n}`` for (teacher_)rollouts and eval_rollouts; for distill also
+        ``processes``, ``accelerate_config``, ``sharding`` and ``gradient_checkpointing`` (0/1)
+        (as configured).
     """
+    threads = cfg["threads"]
+    if stage == "base_model":
+        return {"threads": threads["base_model"]}
     if stage in ("rollouts", "teacher_rollouts"):
         rollouts = cfg["rollouts"]
-        return {"gpus": rollouts["tensor_parallel_size"] if rollouts["engine"] == "vllm" else 1}
+        gpus = rollouts["tensor_parallel_size"] if rollouts["engine"] == "vllm" else 1
+        return {"gpus": gpus, "threads": threads["rollouts"]}
     if stage == "eval_rollouts":
         evaluation = cfg["evaluation"]
-        return {"gpus": evaluation["tensor_parallel_size"] if evaluation["engine"] == "vllm" else 1}
+        gpus = evaluation["tensor_parallel_size"] if evaluation["engine"] == "vllm" else 1
+        return {"gpus": gpus, "threads": threads["eval_rollouts"]}
     if stage == "distill":
         distill = cfg["distill"]
         processes = distill["processes"]
         return {
             "gpus": processes if uses_gpus(distill, root) else 0,
             "processes": processes,
-            "threads": distill_threads(processes),
+            "threads": distill_threads(processes, threads["distill"]),
             "accelerate_config": distill["accelerate_config"],
             "sharding": distill["sharding"],
             "gradient_checkpointing": int(distill["gradient_checkpointing"]),

@@ -194,8 +194,8 @@ def test_vllm_evaluation_needs_no_expected_confidence_and_asks_for_its_gpus():
     with pytest.raises(ConfigError, match=r"key 'evaluation\.expected_confidence' is true but 'evaluation\.engine'"):
         resolve(deep_merge(_raw(), vllm))
     ok = resolve(deep_merge(_raw(), deep_merge(vllm, {"evaluation": {"expected_confidence": False}})))
-    assert stage_launch("eval_rollouts", ok["variants"]["caopd"]) == {"gpus": 2}
-    assert stage_launch("eval_rollouts", resolve(_raw())["variants"]["caopd"]) == {"gpus": 1}
+    assert stage_launch("eval_rollouts", ok["variants"]["caopd"])["gpus"] == 2
+    assert stage_launch("eval_rollouts", resolve(_raw())["variants"]["caopd"])["gpus"] == 1
 
 
 def test_training_needs_a_number_of_training_prompts():

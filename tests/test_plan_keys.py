@@ -149,6 +149,21 @@ def test_where_a_job_runs_is_no_param_or_input():
         assert "code" not in triggers and {"params", "input", "mtime"} <= set(triggers), profile
 
 
+def test_threads_reach_each_job_and_no_key():
+    """Config `threads` is what a job asks of the machine (caopd.resources): every stage that runs
+    a model gets its own count (distill: per process), and no key moves when it changes."""
+    one = build_plan(_config(threads={"base_model": 1, "rollouts": 1, "distill": 1, "eval_rollouts": 1}), ROOT)
+    other = {"base_model": 2, "rollouts": 3, "distill": 5, "eval_rollouts": 7}
+    plan = build_plan(_config(threads=other), ROOT)
+    assert _keys(plan, "caopd") == _keys(one, "caopd")
+    got = {s.stage: s.launch.get("threads") for s in plan.variants["caopd"].stages}
+    assert got == {"prepare_data": None, "base_model": 2, "rollouts": 3, "targets": None, "rewrite": None,
+                   "distill": 5, "eval_rollouts": 7, "evaluate": None, "plots": None}
+    two = build_plan(_config(threads=other, distill={"processes": 2,
+                                                     "accelerate_config": "config/accelerate/cpu_ddp.yaml"}), ROOT)
+    assert {s.stage: s.launch.get("threads") for s in two.variants["caopd"].stages}["distill"] == 10
+
+
 def test_raw_data_files_enter_the_data_key(tmp_path):
     data = tmp_path / "eval"
     data.mkdir()

@@ -41,11 +41,12 @@ CLUSTER_ENV = {
     "SLURM_TEST_CPUS": "8", "SLURM_TEST_MEM_MB": "262144", "SLURM_TEST_GPUS": "2",
     "SLURM_TEST_PARTITION": "cpu", "SLURM_TEST_EXTRA_PARTITIONS": "gpu", "SLURM_TEST_MIN_JOB_AGE": "3600",
 }
-#: rule -> (partition, GPUs, CPUs) the smoke config's jobs must ask for (distill: 1 process)
+#: rule -> (partition, GPUs, CPUs) the smoke config's jobs must ask for (distill: 1 process; the
+#: schema's default threads)
 EXPECTED = {
     "prepare_data": ("cpu", 0, 1), "base_model": ("cpu", 0, 8), "rollouts": ("gpu", 1, 8),
     "teacher_rollouts": ("gpu", 1, 8),
-    "targets": ("cpu", 0, 1), "rewrite": ("cpu", 0, 1), "distill": ("gpu", 1, distill_threads(1)),
+    "targets": ("cpu", 0, 1), "rewrite": ("cpu", 0, 1), "distill": ("gpu", 1, distill_threads(1, 8)),
     "eval_rollouts": ("gpu", 1, 8), "evaluate": ("cpu", 0, 1), "plots": ("cpu", 0, 1), "compare": ("cpu", 0, 1),
 }
 

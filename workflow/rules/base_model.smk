@@ -10,7 +10,7 @@ rule base_model:
     params:
         spec=stage_preimage("base_model"),
         seed=stage_seed("base_model"),
-    threads: 8
+    threads: stage_threads("base_model")
     log:
         "logs/base_model/{key}.log",
     benchmark:

@@ -94,8 +94,15 @@ def stage_gpus(stage):
     return get_stage_gpus
 
 
-def get_distill_threads(wildcards):
-    return PLAN.spec("distill", wildcards.key).launch["threads"]
+def stage_threads(stage):
+    """Threads function: the CPU threads of a stage's job (config `threads`; a SLURM job asks
+    --cpus-per-task=N)."""
+
+    def get_stage_threads(wildcards):
+        return PLAN.spec(stage, wildcards.key).launch["threads"]
+
+    get_stage_threads.__name__ = f"get_{stage}_threads"
+    return get_stage_threads
 
 
 def get_distill_processes(wildcards):

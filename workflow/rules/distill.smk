@@ -2,8 +2,9 @@
 # teacher; optimizer, scheduler and teacher carried across rounds. Resumable from
 # results/.work/distill/<key>/ when a job is killed midway. With distill.processes: N > 1 the job
 # starts `accelerate launch` of N processes (DESIGN §10): it asks for N GPUs (none with a use_cpu
-# accelerate config) and 8 threads per process; these are resources, not params or key, as are
-# distill.sharding (fsdp2) and distill.gradient_checkpointing (the job adds them to its params).
+# accelerate config) and threads.distill threads per process; these are resources, not params or
+# key, as are distill.sharding (fsdp2) and distill.gradient_checkpointing (the job adds them to its
+# params).
 
 
 rule distill:
@@ -14,7 +15,7 @@ rule distill:
     params:
         spec=stage_preimage("distill"),
         seed=stage_seed("distill"),
-    threads: get_distill_threads
+    threads: stage_threads("distill")
     resources:
         gpu=stage_gpus("distill"),
         processes=get_distill_processes,

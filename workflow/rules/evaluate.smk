@@ -11,7 +11,7 @@ rule eval_rollouts:
     params:
         spec=stage_preimage("eval_rollouts"),
         seed=stage_seed("eval_rollouts"),
-    threads: 8
+    threads: stage_threads("eval_rollouts")
     resources:
         gpu=stage_gpus("eval_rollouts"),
     log:

@@ -10,7 +10,7 @@ rule rollouts:
     params:
         spec=stage_preimage("rollouts"),
         seed=stage_seed("rollouts"),
-    threads: 8
+    threads: stage_threads("rollouts")
     resources:
         gpu=stage_gpus("rollouts"),
     log:

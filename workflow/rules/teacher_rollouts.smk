@@ -13,7 +13,7 @@ rule teacher_rollouts:
     params:
         spec=stage_preimage("teacher_rollouts"),
         seed=stage_seed("teacher_rollouts"),
-    threads: 8
+    threads: stage_threads("teacher_rollouts")
     resources:
         gpu=stage_gpus("teacher_rollouts"),
     log:
