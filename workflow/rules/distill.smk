@@ -16,7 +16,6 @@ rule distill:
         spec=stage_preimage("distill"),
         seed=stage_seed("distill"),
     threads: stage_threads("distill")
-    priority: 1  # the longest jobs first: with one thread a job, --cores 2 runs two side by side
     resources:
         gpu=stage_gpus("distill"),
         processes=get_distill_processes,

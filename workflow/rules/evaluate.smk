@@ -12,7 +12,6 @@ rule eval_rollouts:
         spec=stage_preimage("eval_rollouts"),
         seed=stage_seed("eval_rollouts"),
     threads: stage_threads("eval_rollouts")
-    priority: 1  # the longest jobs first: with one thread a job, --cores 2 runs two side by side
     resources:
         gpu=stage_gpus("eval_rollouts"),
     log:
