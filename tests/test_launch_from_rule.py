@@ -108,28 +108,33 @@ def _dry_run_jobs(output: str) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    ("distill", "rollouts", "want"),
+    ("distill", "rollouts", "threads", "want"),
     [
         ({"processes": 8, "accelerate_config": "config/accelerate/ddp.yaml"},
-         {"engine": "vllm", "tensor_parallel_size": 4, "prefix_source": "teacher"},
-         {"distill": ("8", 64), "rollouts": ("4", 8), "teacher_rollouts": ("4", 8), "eval_rollouts": ("1", 8)}),
-        ({}, {}, {"distill": ("0", 16), "rollouts": ("1", 8), "eval_rollouts": ("1", 8)}),
+         {"engine": "vllm", "tensor_parallel_size": 4, "prefix_source": "teacher"}, {},
+         {"distill": ("8", 64), "rollouts": ("4", 8), "teacher_rollouts": ("4", 8), "eval_rollouts": ("1", 8),
+          "base_model": (None, 8)}),
+        ({}, {}, {}, {"distill": ("0", 16), "rollouts": ("1", 8), "eval_rollouts": ("1", 8)}),
+        ({}, {}, {"base_model": 4, "rollouts": 1, "distill": 3, "eval_rollouts": 2},
+         {"distill": ("0", 6), "rollouts": ("1", 1), "eval_rollouts": ("1", 2), "base_model": (None, 4)}),
     ],
-    ids=["8-gpu-ddp-and-vllm-tp4", "2-cpu-processes"],
+    ids=["8-gpu-ddp-and-vllm-tp4", "2-cpu-processes", "threads-from-the-config"],
 )
-def test_the_jobs_ask_for_the_gpus_and_threads_their_config_needs(tmp_path, distill, rollouts, want):
+def test_the_jobs_ask_for_the_gpus_and_threads_their_config_needs(tmp_path, distill, rollouts, threads, want):
     cfg = _with(TINY, **distill)
     cfg["rollouts"].update(rollouts)
+    if threads:
+        cfg["threads"] = threads
     done = _snakemake(tmp_path, cfg, "-n", "--cores", "256")
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = _dry_run_jobs(done.stdout + done.stderr)
     assert {job["rule"] for job in jobs} >= set(want) | {"base_model", "targets"}
     for job in jobs:
-        gpus, threads = want.get(job["rule"], (None, job["threads"]))
-        assert job.get("gpu") == gpus and job["threads"] == threads, job
+        gpus, cpus = want.get(job["rule"], (None, job["threads"]))
+        assert job.get("gpu") == gpus and job["threads"] == cpus, job
         if job["rule"] == "distill":
             assert int(job["processes"]) == cfg["distill"]["processes"]
-            assert job["threads"] == 8 * int(job["processes"])
+            assert job["threads"] == threads.get("distill", 8) * int(job["processes"])
 
 
 @pytest.mark.slow
