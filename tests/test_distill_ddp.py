@@ -3,10 +3,15 @@ schedules; a checkpoint resumed by a launched run; a terminated job ends its lau
 
 Tolerance of 2 processes against 1 on the same global batch (the two differ only in the order of
 float summations): 1e-4 relative on every curve value of every step (loss, divergence, entropy,
-targets), 1e-3 on the gradient norm, which after step 1 is taken at weights that already differ
-in the last bits; weights 1e-4 after two steps (the rounds run), else the whole update within 1%
-in L2 norm: AdamW divides each gradient element by its own running size, so the few elements whose
-gradient is at the scale of its eps=1e-8 move by float noise times the learning rate."""
+targets), or 1e-7 absolute (``CURVE_TOL``) where the value is a difference of nearly equal terms:
+an untrained tiny model's divergence is ~4e-6, the mean over tokens of log-probabilities of size
+log V ~ 5.7 held in float32 (eps 1.2e-7), so its last bits move with the summation order, which the
+thread count and the CPU's vector width set (measured 4e-10 on one AMD EPYC machine, 1.4e-9, 3.4e-4
+relative, on another), while a sum in place of a mean moves it by 100%. 1e-3 on the gradient norm,
+which after step 1 is taken at weights that already differ in the last bits; weights 1e-4 after two
+steps (the rounds run), else the whole update within 1% in L2 norm: AdamW divides each gradient
+element by its own running size, so the few elements whose gradient is at the scale of its eps=1e-8
+move by float noise times the learning rate."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from test_distill_loop import distill, make_examples, make_params
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_DDP = ROOT / "config" / "accelerate" / "cpu_ddp.yaml"
+CURVE_TOL = {"rel": 1e-4, "abs": 1e-7}  # 2 processes against 1 (module docstring)
 
 
 def test_job_file_round_trip(tmp_path: Path) -> None:
@@ -85,7 +91,7 @@ def test_two_process_cpu_ddp_matches_one_process(tiny_model_dir: Path, tmp_path:
     for a, b in zip(rows_ddp, rows_one):
         assert a["step"] == b["step"] and a["lr"] == b["lr"]
         for key in ("loss", "divergence", "entropy", "mean_p_acc", "format_adherence", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-9), key
+            assert a[key] == pytest.approx(b[key], **CURVE_TOL), key
 
 
 def _close_to(launched: Path, single: Path, base: Path) -> None:
@@ -97,7 +103,7 @@ def _close_to(launched: Path, single: Path, base: Path) -> None:
     for a, b in zip(rows_ddp, rows_one):
         assert a["lr"] == b["lr"]
         for key in ("loss", "divergence", "entropy", "mean_p_acc", "format_adherence"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-9), (a["step"], key)
+            assert a[key] == pytest.approx(b[key], **CURVE_TOL), (a["step"], key)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3), a["step"]
     start = load_file(base / "model.safetensors")
     ddp = load_file(launched / "student" / "model.safetensors")
