@@ -7,7 +7,7 @@ import math
 import pytest
 
 from caopd.checks import paper_checks
-from caopd.diagnostics.seed_study import SeedRun, mean_interval, seed_row, summary_rows, write_study
+from caopd.diagnostics.seed_study import SeedRun, describe_cpu, mean_interval, seed_row, summary_rows, write_study
 
 
 def _m(acc, conf, ece, spr):
@@ -49,3 +49,21 @@ def test_rows_and_pass_counts(tmp_path):
     assert "caopd_calibrated        2 of 3" in report and "(2.0 min)" in report
     assert (tmp_path / "seed_study.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "per_seed.tsv").read_text().splitlines()[0].startswith("seed\t")
+
+
+def _processor(number: int, flags: str) -> str:
+    return (f"processor\t: {number}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            f"model name\t: AMD EPYC\nflags\t\t: fpu sse2 {flags}\n")
+
+
+@pytest.mark.parametrize(("flags", "vector"), [
+    ("avx avx2 fma avx512f avx512bw", "avx512"), ("avx avx2 fma", "avx2"), ("avx", "avx"), ("", "no avx"),
+])
+def test_two_cpus_of_one_name_are_told_apart_by_family_model_and_vector_width(flags, vector):
+    text = _processor(0, flags) + "\n" + _processor(1, "avx avx2 avx512f")  # only the first block counts
+    assert describe_cpu(text) == f"AMD EPYC (family 25 model 17, {vector})"
+
+
+def test_a_cpuinfo_without_a_model_name_describes_nothing():
+    assert describe_cpu("processor\t: 0\nflags\t: avx2\n") is None
+    assert describe_cpu("model name\t: Neoverse\n") == "Neoverse (no avx)"

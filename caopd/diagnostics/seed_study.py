@@ -118,14 +118,42 @@ def summary_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def describe_cpu(cpuinfo: str) -> str | None:
+    """The first processor of a ``/proc/cpuinfo`` text as ``NAME (family F model M, VEC)``.
+
+    VEC is the widest SIMD extension among its flags (``avx512``, ``avx2``, ``avx`` or ``no avx``):
+    with the thread count it sets the order of float summations, so two machines that print the
+    same model name (``AMD EPYC``) can still draw differently (README "Results"). Returns None
+    where the text names no model.
+    """
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block only
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name")
+    if not name:
+        return None
+    flags = set(fields.get("flags", "").split())
+    vector = next((v for v, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx")) if flag in flags),
+                  "no avx")
+    family, model = fields.get("cpu family"), fields.get("model")
+    where = f"family {family} model {model}, " if family and model else ""
+    return f"{name} ({where}{vector})"
+
+
 def cpu_name() -> str:
-    """The CPU model (``/proc/cpuinfo``), else the platform's processor string."""
+    """This machine's CPU (:func:`describe_cpu` of ``/proc/cpuinfo``), else the platform's
+    processor string."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        described = describe_cpu(Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
+        described = None
+    if described:
+        return described
     return platform.processor() or "unknown CPU"
 
 
