@@ -7,7 +7,8 @@ import math
 import pytest
 
 from caopd.checks import paper_checks
-from caopd.diagnostics.seed_study import SeedRun, describe_cpu, mean_interval, seed_row, summary_rows, write_study
+from caopd.diagnostics.seed_study import (SeedRun, describe_cpu, mean_interval, record_seconds, recorded_seconds,
+                                          seed_row, summary_rows, write_study)
 
 
 def _m(acc, conf, ece, spr):
@@ -67,3 +68,9 @@ def test_two_cpus_of_one_name_are_told_apart_by_family_model_and_vector_width(fl
 def test_a_cpuinfo_without_a_model_name_describes_nothing():
     assert describe_cpu("processor\t: 0\nflags\t: avx2\n") is None
     assert describe_cpu("model name\t: Neoverse\n") == "Neoverse (no avx)"
+
+
+def test_a_seeds_seconds_are_kept_for_aggregate_only_and_absent_where_not_timed(tmp_path):
+    assert recorded_seconds(tmp_path) is None
+    record_seconds(tmp_path, 336.04)
+    assert recorded_seconds(tmp_path) == 336.0 and not list(tmp_path.glob("*.tmp"))

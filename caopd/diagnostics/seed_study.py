@@ -243,7 +243,24 @@ def run_seed(seed: int, workdir: Path, configfiles: Sequence[Path], cores: int,
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise RuntimeError(f"seed {seed}: snakemake failed; see {workdir / 'snakemake.log'}")
-    return time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    record_seconds(workdir, seconds)
+    return seconds
+
+
+def record_seconds(workdir: Path, seconds: float) -> None:
+    """Keep a finished seed's wall seconds in ``workdir/seconds.txt``, so that ``--aggregate-only``
+    reports them too (written whole: a temporary file, then a rename)."""
+    tmp = workdir / "seconds.txt.tmp"
+    tmp.write_text(f"{seconds:.1f}\n", encoding="utf-8")
+    tmp.replace(workdir / "seconds.txt")
+
+
+def recorded_seconds(workdir: Path) -> float | None:
+    """The wall seconds :func:`record_seconds` kept in ``workdir``; None where none were kept (a
+    run that this study did not time)."""
+    path = workdir / "seconds.txt"
+    return float(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def run_study(seeds: Sequence[int], out: Path, *, configfiles: Sequence[Path], cores: int,
@@ -263,6 +280,8 @@ def run_study(seeds: Sequence[int], out: Path, *, configfiles: Sequence[Path], c
         if not aggregate_only:
             seconds[seed] = run_seed(seed, workdir, configfiles, cores, targets)
             print(f"seed {seed}: {seconds[seed] / 60:.1f} min", flush=True)
+        elif (kept := recorded_seconds(workdir)) is not None:
+            seconds[seed] = kept
         metrics, paired, checks = checks_from_index(workdir / "results" / "index", names=names)
         runs.append(SeedRun(seed, metrics, paired, checks))
     return write_study(out, runs, seconds or None)
