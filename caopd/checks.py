@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from caopd.artifacts import read_metrics_file, read_scored
+from caopd.store import write_text
 
 #: The variants the checks read, by role; a run's variants of these names play them unless told
 #: otherwise (``caopd checks --sdft NAME``).
@@ -270,7 +271,5 @@ def write_checks(evaluations: Mapping[str, str | Path], path: str | Path) -> lis
             text = format_checks(checks)
         except ChecksUndefined as err:
             text = f"not checked: {err}\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)
     return checks

@@ -108,11 +108,10 @@ def compare_variants(evaluations: Mapping[str, str | Path], *, table: Path, conf
     """The across-variant table and the two scatter figures; the confidence figure also shows
     each greedy variant read by its expected stated confidence (``<variant> (expected)``)."""
     from caopd.evaluation.plots import accuracy_vs_confidence, accuracy_vs_ece, new_figure, save_figure
+    from caopd.store import write_text
 
     frame = metrics_table(evaluations)
-    tmp = Path(table).with_name(f".{Path(table).name}.tmp")
-    frame.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
-    tmp.replace(table)
+    write_text(table, frame.to_csv(sep="\t", index=False, float_format="%.4f"))
     points, expected_points = [], []
     for variant, path in evaluations.items():
         metrics = read_metrics_file(path)

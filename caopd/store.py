@@ -54,14 +54,23 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, corrupted or was edited after publication (names the file)."""
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written atomically."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) whole: to a temporary file beside ``path``, then a rename, so a
+    reader never sees half of it; the temporary file is removed if the write fails."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, sort_keys=True, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Deterministic JSON (sorted keys, 2-space indent, trailing newline), written whole
+    (:func:`write_text`)."""
+    write_text(path, json.dumps(obj, sort_keys=True, indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -178,16 +177,6 @@ def load_predictions(
     return responses, truths, (groups if has_groups else None)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _task_names() -> list[str]:
@@ -198,6 +187,7 @@ def _task_names() -> list[str]:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from caopd.evaluation.summary import score_rows, summarize
+    from caopd.store import write_text
 
     try:
         responses, truths, groups = load_predictions(args.predictions, task=args.task)
@@ -212,7 +202,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     text = json.dumps(body, indent=2)
     print(text)
     if args.out is not None:
-        _write_atomic(Path(args.out), text + "\n")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text(out, text + "\n")
     return 0
 
 

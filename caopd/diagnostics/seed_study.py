@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from caopd.checks import CHECKS, ROLES, Check, checks_from_index
+from caopd.store import write_text
 
 #: Effects reported with their across-seed mean and interval: name -> (description, function of
 #: a seed's row of :func:`per_seed_table`).
@@ -250,10 +251,8 @@ def run_seed(seed: int, workdir: Path, configfiles: Sequence[Path], cores: int,
 
 def record_seconds(workdir: Path, seconds: float) -> None:
     """Keep a finished seed's wall seconds in ``workdir/seconds.txt``, so that ``--aggregate-only``
-    reports them too (written whole: a temporary file, then a rename)."""
-    tmp = workdir / "seconds.txt.tmp"
-    tmp.write_text(f"{seconds:.1f}\n", encoding="utf-8")
-    tmp.replace(workdir / "seconds.txt")
+    reports them too (written whole)."""
+    write_text(workdir / "seconds.txt", f"{seconds:.1f}\n")
 
 
 def recorded_seconds(workdir: Path) -> float | None:
